@@ -1,0 +1,39 @@
+# AdPlatform — run `make help` for the targets.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export ADPLATFORM_HOME ?= $(CURDIR)/workspace
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-fast bench lint clean
+
+help:  ## show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install pinned dependencies (constraints.txt)
+
+demo: setup  ## run the whole loop on embedded defaults and print a summary
+	$(BIN)/adplatform demo
+
+test: setup  ## run every test (unit, integration, slow) as CI does
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup  ## the tests without the `slow` marker
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup  ## benchmarks: print tables, write JSON under $(ADPLATFORM_HOME)/bench
+	$(BIN)/python -m bench
+
+lint: setup  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy adplatform features training models serving decisioning mlops simulator bench
+
+clean:  ## remove the workspace (keeps .venv)
+	rm -rf workspace

@@ -1,0 +1,58 @@
+"""``make bench``: every suite prints a table and writes JSON under $ADPLATFORM_HOME/bench.
+
+Each figure is paired with a baseline measured in the same run on the same machine.
+The suites run on a dedicated, trained bench world (``$ADPLATFORM_HOME/bench-world``),
+built once and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from rich.console import Console
+
+from adplatform.config import Settings, get_settings
+from bench.harness import print_table, write_json
+
+SUITES = ("http",)
+
+
+def bench_world(settings: Settings, console: Console) -> Settings:
+    """A trained workspace for benchmarks (simulate, materialize, train), built once."""
+    world = Settings(**{**settings.model_dump(), "home": settings.workspace.root / "bench-world"})
+    ws = world.workspace.ensure()
+    if not (ws.mlflow_db.exists() and (ws.world / "campaigns.json").exists()):
+        from features.ops import materialize
+        from simulator import simulate
+        from training.ctr import train_ctr
+
+        with console.status("building the bench world (simulate, features, train)"):
+            simulate(days=5, seed=settings.seed, workspace=ws)
+            materialize(world)
+            train_ctr(world)
+    return world
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("suites", nargs="*", default=list(SUITES), choices=SUITES)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
+    parser.add_argument("--rates", type=float, nargs="+", default=[250.0, 500.0, 1000.0])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    console = Console()
+    settings = get_settings()
+    world = bench_world(settings, console)
+    out = settings.workspace.root / "bench"
+    for suite in args.suites:
+        if suite == "http":
+            from bench import http
+
+            rows = http.run(world, rates=args.rates, duration_s=args.duration, seed=99)
+        print_table(console, rows, f"bench: {suite}")
+        console.print(f"wrote {write_json(rows, out, suite)}")
+
+
+if __name__ == "__main__":
+    main()

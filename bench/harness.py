@@ -1,0 +1,89 @@
+"""Benchmark plumbing: result rows, the table, the JSON file, server processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class Row:
+    suite: str
+    target: str                  # what was measured
+    baseline: str                # what it is compared with, measured in the same run
+    rate: float | None           # offered load (req/s) for open-loop rows
+    p50_ms: float
+    p99_ms: float
+    throughput: float            # completed per second
+    errors: int = 0
+    ratio_p50: float | None = None   # baseline p50 / target p50 (>1: target faster)
+    ratio_p99: float | None = None
+    extra: dict[str, float | str] = field(default_factory=dict)
+
+
+def with_ratios(target: Row, baseline: Row) -> Row:
+    target.ratio_p50 = baseline.p50_ms / target.p50_ms if target.p50_ms else None
+    target.ratio_p99 = baseline.p99_ms / target.p99_ms if target.p99_ms else None
+    return target
+
+
+def print_table(console: Console, rows: list[Row], title: str) -> None:
+    t = Table("suite", "target", "baseline", "rate", "p50 ms", "p99 ms", "throughput/s",
+              "errors", "ratio p50", "ratio p99", title=title)
+    for r in rows:
+        t.add_row(r.suite, r.target, r.baseline, "-" if r.rate is None else f"{r.rate:.0f}",
+                  f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.throughput:,.0f}", str(r.errors),
+                  "-" if r.ratio_p50 is None else f"{r.ratio_p50:.2f}x",
+                  "-" if r.ratio_p99 is None else f"{r.ratio_p99:.2f}x")
+    console.print(t)
+
+
+def write_json(rows: list[Row], out_dir: Path, suite: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{suite}.json"
+    doc = {"suite": suite, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                       "platform": platform.platform()},
+           "rows": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A server subprocess (python -c CODE) stopped at exit."""
+
+    def __init__(self, code: str, env: dict[str, str], log: Path) -> None:
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

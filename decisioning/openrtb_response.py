@@ -1,0 +1,74 @@
+"""OpenRTB 2.5 / 2.6 bid response models.
+
+The engine builds responses with ``model_construct`` (its values are already typed, so
+validation would be a second pass); :meth:`BidResponse.to_json` writes them without
+``null`` fields. Callers that receive a response from elsewhere validate it with
+``BidResponse.model_validate_json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Substitution macros an exchange replaces in nurl / burl / lurl / adm.
+AUCTION_MACROS = (
+    "${AUCTION_ID}", "${AUCTION_BID_ID}", "${AUCTION_IMP_ID}", "${AUCTION_SEAT_ID}",
+    "${AUCTION_AD_ID}", "${AUCTION_PRICE}", "${AUCTION_CURRENCY}", "${AUCTION_MBR}",
+    "${AUCTION_LOSS}", "${AUCTION_MIN_TO_WIN}",
+)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True, allow_inf_nan=False)
+
+
+class Bid(_Model):
+    id: str
+    impid: str
+    price: float = Field(ge=0)
+    nurl: str | None = None
+    burl: str | None = None
+    lurl: str | None = None
+    adm: str | None = None
+    adid: str | None = None
+    adomain: list[str] | None = None
+    bundle: str | None = None
+    iurl: str | None = None
+    cid: str | None = None
+    crid: str | None = None
+    cat: list[str] | None = None
+    attr: list[int] | None = None
+    mtype: int | None = None        # 1 banner, 2 video, 3 audio, 4 native (2.6)
+    dealid: str | None = None
+    w: int | None = None
+    h: int | None = None
+    exp: int | None = None
+    ext: dict[str, Any] | None = None
+
+
+class SeatBid(_Model):
+    bid: list[Bid] = Field(min_length=1)
+    seat: str | None = None
+    group: int = 0
+    ext: dict[str, Any] | None = None
+
+
+class BidResponse(_Model):
+    id: str
+    seatbid: list[SeatBid] = Field(default_factory=list)
+    bidid: str | None = None
+    cur: str = "USD"
+    customdata: str | None = None
+    nbr: int | None = None          # no-bid reason code
+    ext: dict[str, Any] | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    def bids(self) -> list[Bid]:
+        return [b for sb in self.seatbid for b in sb.bid]
+
+
+__all__ = ["AUCTION_MACROS", "Bid", "BidResponse", "SeatBid"]

@@ -1,0 +1,180 @@
+"""The online reader: every feature one auction needs, in one call, as arrays.
+
+It reads through Feast's own online-store implementation (SQLite or Redis, whichever the
+repo config names), so stored values are decoded exactly as ``get_online_features``
+decodes them, but it skips Feast's per-call feature resolution and builds the model
+matrices directly. A bounded LRU cache with a TTL sits in front of the store:
+``cache_size`` entity rows at most, none older than ``cache_ttl_s`` seconds.
+
+Unknown entities get NaN (then defaults and a "missing" indicator in the matrix); an
+unreachable store raises :class:`features.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from features.context import AdRef, RequestContext
+from features.errors import FeatureStoreError, StoreUnavailable
+from features.repo import VIEWS
+from features.vectorize import CTR_RAW, ctr_matrix, format_code
+from serving.base import AuctionInputs
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    cache_size: int = 200_000    # entity rows; ~200 B each -> tens of MB at most
+    cache_ttl_s: float = 5.0     # staleness bound: batch views change daily, streams in ~1 s
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class _TTLCache:
+    """LRU of (view, key) -> row, bounded in size and age."""
+
+    def __init__(self, size: int, ttl_s: float, clock: Callable[[], float]) -> None:
+        self._data: OrderedDict[tuple[str, str], tuple[float, np.ndarray]] = OrderedDict()
+        self._size, self._ttl, self._clock = size, ttl_s, clock
+        self.stats = CacheStats()
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        item = self._data.get(key)
+        if item is None or item[0] < self._clock():
+            self.stats.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.stats.hits += 1
+        return item[1]
+
+    def put(self, key: tuple[str, str], row: np.ndarray) -> None:
+        self._data[key] = (self._clock() + self._ttl, row)
+        self._data.move_to_end(key)
+        while len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+def _decode(value: Any) -> float:
+    kind = value.WhichOneof("val")
+    if kind is None:
+        return float("nan")
+    return float(getattr(value, kind))
+
+
+class OnlineReader:
+    """Implements :class:`features.featurizer.AuctionFeaturizer` over a Feast store."""
+
+    def __init__(self, store: FeatureStore, config: ReaderConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        self._entity_key, self._value = EntityKey, Value
+        self._repo_config = store.config
+        self._online = store._get_provider().online_store
+        self._views = {name: store.get_feature_view(name) for name, *_ in VIEWS}
+        self._keys = {name: key for name, _, key, _ in VIEWS}
+        self._fields = {name: fields for name, _, _, fields in VIEWS}
+        cfg = config or ReaderConfig()
+        self._cache = _TTLCache(cfg.cache_size, cfg.cache_ttl_s, clock) if cfg.cache_size else None
+        self.feature_service = "ctr_v1"
+
+    @property
+    def cache_stats(self) -> CacheStats:
+        return self._cache.stats if self._cache else CacheStats()
+
+    def clear_cache(self) -> None:
+        if self._cache:
+            self._cache.clear()
+
+    def read(self, view: str, keys: Sequence[str]) -> np.ndarray:
+        """(len(keys), n_fields) float64 for a view; NaN rows for unknown or empty keys."""
+        fields = self._fields[view]
+        out = np.full((len(keys), len(fields)), np.nan)
+        todo: list[int] = []
+        for i, k in enumerate(keys):
+            if not k:
+                continue
+            row = self._cache.get((view, k)) if self._cache else None
+            if row is None:
+                todo.append(i)
+            else:
+                out[i] = row
+        if not todo:
+            return out
+        join_key = self._keys[view]
+        protos = [self._entity_key(join_keys=[join_key],
+                                   entity_values=[self._value(string_val=keys[i])])
+                  for i in todo]
+        try:
+            # A copy: Feast's Redis store appends its own timestamp key to this list.
+            result = self._online.online_read(self._repo_config, self._views[view], protos,
+                                              list(fields))
+        except FeatureStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any store failure becomes one typed error
+            raise StoreUnavailable(f"online store read failed for {view}: {exc}") from exc
+        for i, (_, values) in zip(todo, result, strict=True):
+            if values is not None:
+                out[i] = [_decode(values[f]) if f in values else np.nan for f in fields]
+            if self._cache is not None:
+                self._cache.put((view, keys[i]), out[i].copy())
+        return out
+
+    def raw_columns(self, ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:
+        """Every CTR_RAW column for K candidates (user/publisher broadcast)."""
+        personal = ctx.personalised and bool(ctx.user_id)
+        user = self.read("user_stats", [ctx.user_id if personal else ""])[0]
+        pub = self.read("publisher_stats", [ctx.publisher_id])[0]
+        ad = self.read("ad_stats", [a.creative_id for a in ads])
+        cols: dict[str, np.ndarray] = {}
+        for j, f in enumerate(self._fields["user_stats"]):
+            cols[f] = np.full(len(ads), user[j])
+        for j, f in enumerate(self._fields["ad_stats"]):
+            cols[f] = ad[:, j]
+        for j, f in enumerate(self._fields["publisher_stats"]):
+            cols[f] = np.full(len(ads), pub[j])
+        return cols
+
+    def build(self, ctx: RequestContext, ads: Sequence[AdRef]) -> AuctionInputs:
+        return AuctionInputs(ctr=ctr_matrix({**self.raw_columns(ctx, ads), **context_columns(ctx, ads)}))
+
+    def defaults(self, ctx: RequestContext, ads: Sequence[AdRef]) -> AuctionInputs:
+        nan = np.full(len(ads), np.nan)
+        cols = {f: nan for f in CTR_RAW}
+        return AuctionInputs(ctr=ctr_matrix({**cols, **context_columns(ctx, ads)}))
+
+
+def context_columns(ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:
+    """On-demand columns for one request and K ads."""
+    k = len(ads)
+    return {
+        "hour": np.full(k, ctx.ts.hour), "device_type": np.full(k, ctx.device_type),
+        "is_app": np.full(k, float(ctx.is_app)), "format": np.full(k, format_code(ctx.format)),
+        "w": np.full(k, ctx.w), "h": np.full(k, ctx.h),
+        "topic": np.array([a.topic for a in ads], dtype=np.float64),
+        "bidfloor": np.full(k, ctx.bidfloor),
+    }
+
+
+__all__ = ["CacheStats", "OnlineReader", "ReaderConfig", "context_columns"]

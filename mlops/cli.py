@@ -1,0 +1,176 @@
+"""The ``adplatform`` command line.
+
+Every command reads :func:`adplatform.config.get_settings` (``ADPLATFORM_*``), writes
+under the workspace, and shows a rich progress display for anything slow.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adplatform.config import get_settings
+
+app = typer.Typer(help="AdPlatform: an ML decisioning platform for programmatic advertising.",
+                  no_args_is_help=True, add_completion=False)
+features_app = typer.Typer(help="Feast feature store: apply definitions, materialize.",
+                           no_args_is_help=True)
+train_app = typer.Typer(help="Train models and register them in MLflow.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+serving_app = typer.Typer(help="Model serving backends: Triton, BentoML.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(serving_app, name="serving")
+
+console = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO")] = False
+          ) -> None:
+    _setup_logging(verbose)
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register entities, feature views and feature services in the workspace registry."""
+    from features.ops import apply
+
+    settings = get_settings()
+    with console.status("feast apply"):
+        store = apply(settings)
+    views = sorted(v.name for v in store.list_feature_views())
+    services = sorted(s.name for s in store.list_feature_services())
+    console.print(f"applied views {views} and services {services}")
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Compute batch features from the event log and load the online store (incremental)."""
+    from features.ops import materialize
+
+    settings = get_settings()
+    with console.status("computing batch features and materializing"):
+        result = materialize(settings)
+    table = Table("feature view", "offline rows")
+    for name, n in result.rows.items():
+        table.add_row(name, f"{n:,}")
+    console.print(table)
+    console.print(f"online store loaded up to {result.end.isoformat()}")
+
+
+@features_app.command("skew")
+def features_skew(
+    sample: Annotated[int, typer.Option(help="entities sampled per view")] = 500,
+    threshold: Annotated[float, typer.Option(help="highest mismatch rate allowed")] = 0.0,
+) -> None:
+    """Compare offline point-in-time values with online values; exit 1 above the threshold."""
+    from features.skew import skew_check
+
+    report = skew_check(get_settings(), sample=sample, threshold=threshold)
+    table = Table("feature", "mismatch rate", title=f"skew as of {report.as_of}")
+    for name, rate in sorted(report.mismatch.items()):
+        table.add_row(name, f"{rate:.2%}", style="red" if rate > threshold else None)
+    console.print(table)
+    if not report.ok:
+        console.print(f"[red]skew {report.worst:.2%} above threshold {threshold:.2%}")
+        raise typer.Exit(1)
+
+
+@train_app.command("ctr")
+def train_ctr_cmd() -> None:
+    """Train the LightGBM CTR model on ctr_v1 features; register `ctr` in MLflow."""
+    from training.ctr import train_ctr
+
+    settings = get_settings()
+    with console.status("training CTR (Feast point-in-time join, LightGBM, ONNX, MLflow)"):
+        result = train_ctr(settings)
+    _print_metrics(f"ctr version {result.version} -> @{result.alias}", result.metrics)
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    table = Table("metric", "value", title=title)
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.6g}")
+    console.print(table)
+
+
+@app.command()
+def serve(port: Annotated[int, typer.Option(help="TCP port")] = 8080,
+          host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1") -> None:
+    """Run the decision service (OpenRTB bidder) over HTTP."""
+    from mlops.serve import run_server
+
+    run_server(get_settings(), host=host, port=port)
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="simulated days of bootstrap traffic")] = 7,
+    requests_per_day: Annotated[int, typer.Option(help="simulated requests per day")] = 50_000,
+    auctions: Annotated[int, typer.Option(help="live auctions sent through the HTTP service")] = 3000,
+    seed: Annotated[int, typer.Option(help="world seed")] = 7,
+    port: Annotated[int, typer.Option(help="port of the decision service")] = 8765,
+) -> None:
+    """simulate -> features -> train -> register -> serve -> live auctions -> summary."""
+    from mlops.demo import run_demo
+
+    run_demo(get_settings(), days=days, auctions=auctions, seed=seed, port=port, console=console,
+             requests_per_day=requests_per_day)
+
+
+@serving_app.command("triton-repo")
+def triton_repo(
+    out: Annotated[Path, typer.Option("--out", help="repository folder to write")],
+    alias: Annotated[str, typer.Option(help="registry alias to serve")] = "champion",
+    max_batch_size: Annotated[int, typer.Option(help="dynamic batching limit")] = 256,
+    instances: Annotated[int, typer.Option(help="instances per model")] = 1,
+    gpu: Annotated[bool, typer.Option(help="KIND_GPU instance groups")] = False,
+) -> None:
+    """Write a production Triton model repository for models:/<name>@ALIAS."""
+    from serving.triton.repository import repository_from_registry
+
+    path = repository_from_registry(get_settings(), out, alias, max_batch_size=max_batch_size,
+                                    instances=instances, kind="KIND_GPU" if gpu else "KIND_CPU")
+    console.print(f"wrote Triton repository {path}")
+
+
+@serving_app.command("triton")
+def triton(
+    port: Annotated[int, typer.Option("--port", help="gRPC port")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+    repo: Annotated[Path | None, typer.Option(help="existing repository (default: generate)")] = None,
+    alias: Annotated[str, typer.Option(help="registry alias to serve")] = "champion",
+    engine: Annotated[str, typer.Option(help="pytriton | native")] = "pytriton",
+) -> None:
+    """Serve the models with PyTriton's tritonserver (creates .venv-triton if missing)."""
+    from serving.triton.repository import repository_from_registry
+    from serving.triton.server import serve as serve_triton
+
+    settings = get_settings()
+    if repo is None:
+        repo = repository_from_registry(settings, settings.workspace.root / "triton-repo", alias)
+    raise typer.Exit(serve_triton(repo, http_port, port, engine=engine))
+
+
+def _register_plugins() -> None:
+    from simulator.cli import register
+
+    register(app)
+
+
+def main() -> None:
+    _register_plugins()
+    app()
+
+
+__all__ = ["app", "main"]

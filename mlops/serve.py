@@ -1,0 +1,73 @@
+"""Wiring: the decision service built from settings, and the server that runs it.
+
+Aliases are resolved in the MLflow registry once, here, before the engine exists; the
+engine and its backend then only see ONNX files (no mlflow on the request path).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from adplatform.config import Settings
+from decisioning.app import create_app
+from decisioning.campaigns import FileCampaignStore
+from decisioning.decision_log import ParquetDecisionSink
+from decisioning.engine import DecisionEngine, EngineConfig
+from serving.base import ModelBackend
+
+log = logging.getLogger(__name__)
+
+
+def build_backend(settings: Settings, alias: str = "champion") -> ModelBackend:
+    """The configured model backend, serving ``models:/<name>@alias`` for each model."""
+    if settings.backend == "triton":
+        from serving.triton.client import TritonBackend
+
+        return TritonBackend(settings.triton_url, "grpc")
+    from mlops.errors import ModelNotFound
+    from mlops.registry import resolve
+    from serving.onnx_backend import ModelFile, OnnxBackend
+
+    files = []
+    for name in ("ctr", "fraud", "shading"):
+        try:
+            m = resolve(settings, name, alias)
+        except ModelNotFound:
+            if name == "ctr":
+                raise
+            log.info("no %s@%s registered; serving without it", name, alias)
+            continue
+        files.append(ModelFile(name=name, version=m.version, path=m.onnx_path))
+    if settings.backend == "onnx":
+        return OnnxBackend(files)
+    raise NotImplementedError(f"backend {settings.backend!r} is wired by the serving work")
+
+
+def build_engine(settings: Settings, *, config: EngineConfig | None = None) -> DecisionEngine:
+    from features.reader import OnlineReader
+    from features.store import open_store
+
+    ws = settings.workspace.ensure()
+    return DecisionEngine(
+        featurizer=OnlineReader(open_store(settings)),
+        models=build_backend(settings),
+        campaigns=FileCampaignStore(ws.world / "campaigns.json"),
+        sink=ParquetDecisionSink(ws.decisions),
+        config=config or EngineConfig(seed=settings.seed),
+    )
+
+
+def run_server(settings: Settings, *, host: str, port: int) -> None:
+    import gc
+
+    import uvicorn
+
+    app = create_app(build_engine(settings), api_keys=settings.api_keys)
+    # Start-up objects (Feast registry, ONNX sessions, campaign index) live for the whole
+    # process: moving them out of the collector's generations removes 10-60 ms GC pauses.
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+__all__ = ["build_backend", "build_engine", "run_server"]

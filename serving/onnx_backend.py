@@ -1,0 +1,82 @@
+"""In-process ONNX Runtime backend (the embedded default).
+
+One InferenceSession per model, one intra-op thread each: an auction is a handful of
+rows, so threading costs more than it saves, and the decision service scales by
+processes instead. No torch or mlflow is imported here.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.base import AuctionInputs, AuctionScores
+from serving.errors import BackendUnavailable
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str        # ctr | fraud | shading
+    version: str
+    path: Path
+
+
+class _Session:
+    def __init__(self, path: Path) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.sess.get_inputs()[0].name
+        self.output = self.sess.get_outputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run([self.output], {self.input: x})[0]
+
+
+class OnnxBackend:
+    """Scores an auction with in-process sessions; models can be swapped atomically."""
+
+    def __init__(self, models: list[ModelFile]) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._versions: dict[str, str] = {}
+        for m in models:
+            self.swap(m)
+        if "ctr" not in self._sessions:
+            raise BackendUnavailable("the ONNX backend needs a ctr model")
+
+    def swap(self, model: ModelFile) -> None:
+        """Load a new version, then replace the old one in a single assignment."""
+        session = _Session(model.path)
+        with self._lock:
+            self._sessions = {**self._sessions, model.name: session}
+            self._versions = {**self._versions, model.name: model.version}
+
+    def score(self, inputs: AuctionInputs) -> AuctionScores:
+        sessions = self._sessions                      # one consistent snapshot
+        if "ctr" not in sessions:
+            raise BackendUnavailable("the ONNX backend is closed")
+        pctr = sessions["ctr"].run(inputs.ctr)         # (K,)
+        fraud = None
+        if inputs.fraud is not None and "fraud" in sessions:
+            fraud = float(sessions["fraud"].run(inputs.fraud)[0])
+        shading = None
+        if inputs.shading is not None and "shading" in sessions:
+            shading = sessions["shading"].run(inputs.shading)
+        return AuctionScores(pctr=pctr, fraud=fraud, shading=shading, versions=self._versions)
+
+    def versions(self) -> dict[str, str]:
+        return dict(self._versions)
+
+    def close(self) -> None:
+        with self._lock:
+            self._sessions = {}
+
+
+__all__ = ["ModelFile", "OnnxBackend"]
