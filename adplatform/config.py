@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     backend: Backend = "onnx"
     triton_url: str = "127.0.0.1:8001"
     bentoml_url: str = "http://127.0.0.1:3000"
+    remote_timeout_ms: float = 30.0   # a remote model backend's budget inside tmax
     api_keys: list[str] = Field(default_factory=list, description="bidder API keys; empty = open")
     seed: int = 7
 

@@ -16,14 +16,24 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from features.context import AdRef, RequestContext
 from features.errors import FeatureStoreError, StoreUnavailable
+from features.ivt import ivt_columns
 from features.repo import VIEWS
-from features.vectorize import CTR_RAW, ctr_matrix, format_code
+from features.vectorize import (
+    CTR_RAW,
+    FRAUD_RAW,
+    SHADING_RAW,
+    ctr_matrix,
+    format_code,
+    fraud_matrix,
+    shading_matrix,
+)
 from serving.base import AuctionInputs
 
 if TYPE_CHECKING:
@@ -34,6 +44,9 @@ if TYPE_CHECKING:
 class ReaderConfig:
     cache_size: int = 200_000    # entity rows; ~200 B each -> tens of MB at most
     cache_ttl_s: float = 5.0     # staleness bound: batch views change daily, streams in ~1 s
+
+
+ALL_RAW = sorted({*CTR_RAW, *FRAUD_RAW, *SHADING_RAW})
 
 
 @dataclass
@@ -85,7 +98,8 @@ class OnlineReader:
     """Implements :class:`features.featurizer.AuctionFeaturizer` over a Feast store."""
 
     def __init__(self, store: FeatureStore, config: ReaderConfig | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 shared_data: Path | None = None) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
@@ -98,6 +112,7 @@ class OnlineReader:
         cfg = config or ReaderConfig()
         self._cache = _TTLCache(cfg.cache_size, cfg.cache_ttl_s, clock) if cfg.cache_size else None
         self.feature_service = "ctr_v1"
+        self._shared_data = shared_data
 
     @property
     def cache_stats(self) -> CacheStats:
@@ -142,27 +157,37 @@ class OnlineReader:
         return out
 
     def raw_columns(self, ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:
-        """Every CTR_RAW column for K candidates (user/publisher broadcast)."""
+        """Every stored column one auction needs: (K,) for ads, scalars broadcast to (K,)."""
         personal = ctx.personalised and bool(ctx.user_id)
-        user = self.read("user_stats", [ctx.user_id if personal else ""])[0]
-        pub = self.read("publisher_stats", [ctx.publisher_id])[0]
-        ad = self.read("ad_stats", [a.creative_id for a in ads])
+        k = len(ads)
         cols: dict[str, np.ndarray] = {}
-        for j, f in enumerate(self._fields["user_stats"]):
-            cols[f] = np.full(len(ads), user[j])
+        for view, key in (("user_stats", ctx.user_id if personal else ""),
+                          ("publisher_stats", ctx.publisher_id), ("ip_stats", ctx.ip),
+                          ("device_stats", ctx.device_id)):
+            row = self.read(view, [key])[0]
+            for j, f in enumerate(self._fields[view]):
+                cols[f] = np.full(k, row[j])
+        ad = self.read("ad_stats", [a.creative_id for a in ads])
         for j, f in enumerate(self._fields["ad_stats"]):
             cols[f] = ad[:, j]
-        for j, f in enumerate(self._fields["publisher_stats"]):
-            cols[f] = np.full(len(ads), pub[j])
         return cols
 
     def build(self, ctx: RequestContext, ads: Sequence[AdRef]) -> AuctionInputs:
-        return AuctionInputs(ctr=ctr_matrix({**self.raw_columns(ctx, ads), **context_columns(ctx, ads)}))
+        return _inputs(self.raw_columns(ctx, ads), ctx, ads, self._shared_data)
 
     def defaults(self, ctx: RequestContext, ads: Sequence[AdRef]) -> AuctionInputs:
         nan = np.full(len(ads), np.nan)
-        cols = {f: nan for f in CTR_RAW}
-        return AuctionInputs(ctr=ctr_matrix({**cols, **context_columns(ctx, ads)}))
+        return _inputs({f: nan for f in ALL_RAW}, ctx, ads, self._shared_data)
+
+
+def _inputs(raw: dict[str, np.ndarray], ctx: RequestContext, ads: Sequence[AdRef],
+            shared_data: Path | None) -> AuctionInputs:
+    context = context_columns(ctx, ads)
+    one = {k: v[:1] for k, v in {**raw, **context}.items()}       # the (1,) request row
+    ivt = ivt_columns([ctx.ip], [ctx.ua], shared_data)
+    return AuctionInputs(ctr=ctr_matrix({**raw, **context}),
+                         fraud=fraud_matrix({**one, **ivt}),
+                         shading=shading_matrix(one))
 
 
 def context_columns(ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from features.repo import AD_FIELDS, N_TOPICS, USER_FIELDS
+from features.repo import AD_FIELDS, DEVICE_FIELDS, IP_FIELDS, N_TOPICS, USER_FIELDS
 
 # Smoothing: ratios shrink towards PRIOR_CTR with PRIOR_WEIGHT pseudo-impressions, so a
 # creative with 1 impression and 1 click is not a 100% CTR.
@@ -110,9 +110,38 @@ def shading_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     return out.astype(np.float32)                                  # (N, F)
 
 
+# Fraud: ip/device velocity and click behaviour from the store, IVT signals on demand.
+FRAUD_RAW = [*IP_FIELDS, *DEVICE_FIELDS]
+FRAUD_CONTEXT = ["ua_crawler", "dc_ip", "ua_len", "device_type", "is_app", "hour"]
+FRAUD_FEATURES: list[str] = [
+    *FRAUD_RAW, "ip_click_rate_1d", "dev_click_rate_1d", "dev_fast_share_1d", "ip_missing",
+    "dev_missing", *FRAUD_CONTEXT,
+]
+
+
+def fraud_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(N, len(FRAUD_FEATURES)) float32 from FRAUD_RAW (NaN = missing) + FRAUD_CONTEXT."""
+    n = max(np.size(v) for v in cols.values())
+
+    def col(name: str) -> np.ndarray:
+        return np.broadcast_to(np.asarray(cols[name], dtype=np.float64), (n,))
+
+    raw = [_nz(col(f)) for f in FRAUD_RAW]
+    ip_imps, ip_clicks = _nz(col("ip_imps_1d")), _nz(col("ip_clicks_1d"))
+    dev_imps, dev_clicks = _nz(col("dev_imps_1d")), _nz(col("dev_clicks_1d"))
+    out = np.column_stack([
+        *raw, ip_clicks / np.maximum(ip_imps, 1.0), dev_clicks / np.maximum(dev_imps, 1.0),
+        _nz(col("dev_fast_clicks_1d")) / np.maximum(dev_clicks, 1.0),
+        np.isnan(col("ip_requests_1d")), np.isnan(col("dev_requests_1d")),
+        *[col(c) for c in FRAUD_CONTEXT],
+    ])
+    return out.astype(np.float32)                                  # (N, F)
+
+
 def format_code(fmt: str) -> int:
     return FORMAT_CODES.get(fmt, -1)
 
 
 __all__ = ["CONTEXT", "CTR_FEATURES", "CTR_RAW", "FORMAT_CODES", "PRIOR_CTR", "PRIOR_WEIGHT",
-           "SHADING_FEATURES", "SHADING_RAW", "ctr_matrix", "format_code", "shading_matrix"]
+           "FRAUD_CONTEXT", "FRAUD_FEATURES", "FRAUD_RAW", "SHADING_FEATURES", "SHADING_RAW",
+           "ctr_matrix", "format_code", "fraud_matrix", "shading_matrix"]

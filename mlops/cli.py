@@ -162,6 +162,44 @@ def triton(
     raise typer.Exit(serve_triton(repo, http_port, port, engine=engine))
 
 
+@serving_app.command("bento")
+def serving_bento(
+    port: Annotated[int, typer.Option(help="HTTP port of bentoml serve")] = 3000,
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    alias: Annotated[str | None, typer.Option(
+        help="registry alias for every model, or per model: 'ctr=challenger,fraud=champion'")
+    ] = None,
+) -> None:
+    """Serve the registered models with `bentoml serve` until Ctrl-C or SIGTERM."""
+    import signal
+    import sys
+    import time
+
+    from serving.bento import BentoBackend, start_bento
+
+    settings = get_settings()
+    env = {"ADPLATFORM_HOME": str(settings.home.resolve())}
+    if settings.mlflow_tracking_uri:
+        env["ADPLATFORM_MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    if alias:
+        env["ADPLATFORM_BENTO_ALIAS"] = alias
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # stop the server, never orphan it
+    with console.status(f"starting bentoml serve on {host}:{port} (models load first)"):
+        proc = start_bento(port, env, host=host)
+    try:
+        with BentoBackend(proc.url, timeout_s=5.0) as client:
+            versions = client.versions()
+        console.print(f"BentoML serves {versions} at {proc.url} (log: {proc.log_path})")
+        while proc.is_running():
+            time.sleep(1.0)
+        console.print(f"[red]bentoml serve exited with {proc.returncode}; see {proc.log_path}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc.stop()
+
+
 def _register_plugins() -> None:
     from simulator.cli import register
 

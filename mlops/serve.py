@@ -24,6 +24,10 @@ def build_backend(settings: Settings, alias: str = "champion") -> ModelBackend:
         from serving.triton.client import TritonBackend
 
         return TritonBackend(settings.triton_url, "grpc")
+    if settings.backend == "bentoml":
+        from serving.bento.client import BentoBackend
+
+        return BentoBackend(settings.bentoml_url, timeout_s=settings.remote_timeout_ms / 1000)
     from mlops.errors import ModelNotFound
     from mlops.registry import resolve
     from serving.onnx_backend import ModelFile, OnnxBackend
@@ -49,7 +53,7 @@ def build_engine(settings: Settings, *, config: EngineConfig | None = None) -> D
 
     ws = settings.workspace.ensure()
     return DecisionEngine(
-        featurizer=OnlineReader(open_store(settings)),
+        featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
         models=build_backend(settings),
         campaigns=FileCampaignStore(ws.world / "campaigns.json"),
         sink=ParquetDecisionSink(ws.decisions),
@@ -62,7 +66,9 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
 
     import uvicorn
 
-    app = create_app(build_engine(settings), api_keys=settings.api_keys)
+    # A remote backend blocks on the network: decide in the thread pool then.
+    app = create_app(build_engine(settings), api_keys=settings.api_keys,
+                     decide_in_threadpool=settings.backend != "onnx")
     # Start-up objects (Feast registry, ONNX sessions, campaign index) live for the whole
     # process: moving them out of the collector's generations removes 10-60 ms GC pauses.
     gc.collect()

@@ -33,6 +33,9 @@ def _write(root: Path, rows: list[tuple[str, str, str, bool]]) -> None:
     write_events(events, "requests", req)
     write_events(events, "impressions", imp)
     write_events(events, "clicks", clk)
+    write_events(events, "auctions", [dict(ts=r["ts"], request_id=r["request_id"], imp_id="1",
+                                           bid_price=1.0, won=True, paid_price=1.0,
+                                           min_bid_to_win=None) for r in req])
     (root / "world").mkdir(parents=True)
     (root / "world" / "campaigns.json").write_text(json.dumps({"version": 1, "campaigns": [
         {"campaign_id": "c", "creatives": [{"creative_id": "cr1", "topic": 2},
@@ -42,24 +45,29 @@ def _write(root: Path, rows: list[tuple[str, str, str, bool]]) -> None:
 def test_windows_are_point_in_time(tmp_path: Path) -> None:
     _write(tmp_path, [
         ("2026-01-01 10:00", "u1", "cr1", True),
-        ("2026-01-01 11:00", "u1", "cr2", False),
+        ("2026-01-01 10:30", "u1", "cr2", False),
         ("2026-01-03 09:00", "u1", "cr1", False),
-        ("2026-01-09 12:00", "u2", "cr1", False),   # 8 days later: u1's first day has left
+        ("2026-01-09 12:00", "u2", "cr1", False),
     ])
     views = compute_views(tmp_path / "events")
     u = views["user_stats"].set_index(["user_id", "event_timestamp"])
-    # Snapshot at 01-02 00:00 sees day 01-01 only; nothing from later days leaks in.
-    row = u.loc[("u1", _ts("2026-01-02"))]
-    assert (row["user_imps_7d"], row["user_clicks_7d"]) == (2, 1)
+    # The snapshot at 11:00 sees the 10:xx hour; nothing from later hours leaks in.
+    row = u.loc[("u1", _ts("2026-01-01 11:00"))]
+    assert (row["user_imps_7d"], row["user_clicks_7d"], row["user_imps_1d"]) == (2, 1, 2)
     assert (row["user_imps_7d_t2"], row["user_clicks_7d_t2"], row["user_imps_7d_t5"]) == (1, 1, 1)
-    assert u.loc[("u1", _ts("2026-01-04"))]["user_imps_7d"] == 3
-    # 01-08 00:00 covers [01-01, 01-08): still all three; 01-09 drops 01-01.
-    assert u.loc[("u1", _ts("2026-01-08"))]["user_imps_7d"] == 3
-    assert u.loc[("u1", _ts("2026-01-09"))]["user_imps_7d"] == 1
-    # No snapshot at a boundary before the first event.
-    assert _ts("2026-01-01") not in set(views["user_stats"]["event_timestamp"])
+    # The 1-day window empties 24 h later and says so with an explicit zero.
+    row = u.loc[("u1", _ts("2026-01-02 11:00"))]
+    assert (row["user_imps_1d"], row["user_imps_7d"]) == (0, 2)
+    assert u.loc[("u1", _ts("2026-01-03 10:00"))]["user_imps_7d"] == 3
+    # 7 days (168 h) after 01-01 10:xx the first two impressions leave the window.
+    assert u.loc[("u1", _ts("2026-01-08 11:00"))]["user_imps_7d"] == 1
+    assert u.loc[("u1", _ts("2026-01-10 10:00"))]["user_imps_7d"] == 0
+    assert views["user_stats"]["event_timestamp"].min() == _ts("2026-01-01 11:00")
     ad = views["ad_stats"].set_index(["creative_id", "event_timestamp"])
-    assert ad.loc[("cr1", _ts("2026-01-02"))]["ad_clicks_7d"] == 1
+    assert ad.loc[("cr1", _ts("2026-01-01 11:00"))]["ad_clicks_7d"] == 1
+    dev = views["device_stats"].set_index(["device_id", "event_timestamp"])
+    assert dev.loc[("d", _ts("2026-01-01 11:00"))]["dev_clicks_1h"] == 1
+    assert dev.loc[("d", _ts("2026-01-01 11:00"))]["dev_click_delay_1d"] == 5.0
 
 
 def test_empty_log_gives_empty_views(tmp_path: Path) -> None:

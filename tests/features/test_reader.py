@@ -16,21 +16,26 @@ from features.store import open_store
 
 
 @pytest.fixture(scope="module")
-def reader_env(trained_workspace: Settings) -> tuple[Settings, list[str], list[str], list[str]]:
+def reader_env(trained_workspace: Settings) -> tuple[Settings, dict[str, list[str]]]:
     events = trained_workspace.workspace.events
-    imp = read_events(events, "impressions")
-    users = list(imp["user_id"].drop_duplicates().head(50)) + ["never-seen-user"]
-    ads = list(imp["creative_id"].drop_duplicates().head(20)) + ["never-seen-ad"]
-    pubs = list(imp["publisher_id"].drop_duplicates().head(10)) + ["never-seen-pub"]
-    return trained_workspace, users, ads, pubs
+    imp = read_events(events, "impressions").merge(
+        read_events(events, "requests")[["request_id", "ip", "device_id"]], on="request_id")
+
+    def sample(col: str, n: int) -> list[str]:
+        return [k for k in imp[col].drop_duplicates().head(n) if k] + [f"never-seen-{col}"]
+
+    keys = {"user_stats": sample("user_id", 50), "ad_stats": sample("creative_id", 20),
+            "campaign_stats": sample("campaign_id", 10),
+            "publisher_stats": sample("publisher_id", 10), "ip_stats": sample("ip", 30),
+            "device_stats": sample("device_id", 30)}
+    return trained_workspace, keys
 
 
 @pytest.mark.parametrize("cache", [0, 1000])
-def test_reader_equals_get_online_features(reader_env: tuple, cache: int) -> None:
-    settings, users, ads, pubs = reader_env
+def test_reader_equals_get_online_features(reader_env: tuple, cache: int) -> None:  # type: ignore[type-arg]
+    settings, keys = reader_env
     store = open_store(settings)
     reader = OnlineReader(store, ReaderConfig(cache_size=cache))
-    keys = {"user_stats": users, "ad_stats": ads, "publisher_stats": pubs}
     for view, _, join_key, fields in VIEWS:
         for _ in range(2):  # second pass is served from the cache when enabled
             ours = reader.read(view, keys[view])
@@ -46,13 +51,16 @@ def test_reader_equals_get_online_features(reader_env: tuple, cache: int) -> Non
 
 
 def test_build_gives_one_row_per_candidate(reader_env: tuple) -> None:
-    settings, users, ads, pubs = reader_env
+    settings, keys = reader_env
+    users, ads, pubs = keys["user_stats"], keys["ad_stats"], keys["publisher_stats"]
     reader = OnlineReader(open_store(settings))
     ctx = RequestContext(ts=datetime(2026, 1, 10, 12, tzinfo=UTC), request_id="r", imp_id="1",
                          user_id=users[0], publisher_id=pubs[0], format="banner", w=300, h=250)
     inputs = reader.build(ctx, [AdRef("c", a, 1) for a in ads])
     assert inputs.ctr.shape[0] == len(ads) and inputs.ctr.dtype == np.float32
     assert not np.isnan(inputs.ctr).any()
+    assert inputs.fraud is not None and inputs.fraud.shape[0] == 1
+    assert inputs.shading is not None and inputs.shading.shape[0] == 1
     fallback = reader.defaults(ctx, [AdRef("c", a, 1) for a in ads])
     assert fallback.ctr.shape == inputs.ctr.shape
 

@@ -1,0 +1,16 @@
+"""Audience errors."""
+
+from __future__ import annotations
+
+from features.errors import FeatureStoreError
+
+
+class AudienceError(FeatureStoreError):
+    """An audience operation failed: bad input, no embeddings, unknown segment."""
+
+
+class SegmentNotFound(AudienceError):
+    """No segment of that name in the workspace's segment store."""
+
+
+__all__ = ["AudienceError", "SegmentNotFound"]

@@ -1,0 +1,91 @@
+"""General-IVT signals computed at request time: declared crawlers and data-centre IPs.
+
+The crawler patterns come from the public crawler-user-agents list
+(``<shared_data>/crawler_user_agents/crawler-user-agents.json``) when present, else from
+a short built-in list of the best-known crawlers. The data-centre ranges are the cloud
+providers' published ranges (a small snapshot; production reads the providers' lists,
+which change weekly). Both are compiled once per process and cached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BUILTIN_CRAWLER_PATTERNS = (
+    r"Googlebot", r"bingbot", r"Baiduspider", r"YandexBot", r"DuckDuckBot", r"Slurp",
+    r"facebookexternalhit", r"AhrefsBot", r"SemrushBot", r"MJ12bot", r"crawler", r"spider",
+    r"[a-z]bot[/ ;)]", r"curl/", r"python-requests", r"Wget",
+)
+
+# Published ranges of large cloud and hosting providers (snapshot).
+DATACENTER_CIDRS = (
+    "3.80.0.0/12", "18.204.0.0/14", "52.0.0.0/11", "54.144.0.0/12", "34.64.0.0/10",
+    "35.184.0.0/13", "20.36.0.0/14", "40.112.0.0/13", "104.131.0.0/16", "142.93.0.0/16",
+    "159.65.0.0/16", "45.33.0.0/17", "5.9.0.0/16", "95.216.0.0/15", "51.68.0.0/16",
+    "51.15.0.0/16",
+)
+
+
+@lru_cache(maxsize=4)
+def crawler_regex(shared_data: Path | None = None) -> re.Pattern[str]:
+    patterns: list[str] = list(BUILTIN_CRAWLER_PATTERNS)
+    path = shared_data / "crawler_user_agents" / "crawler-user-agents.json" if shared_data else None
+    if path is not None and path.exists():
+        patterns = [str(e["pattern"]) for e in json.loads(path.read_text())]
+    valid = []
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error:
+            log.warning("skipping an invalid crawler pattern %r", p)
+            continue
+        valid.append(p)
+    return re.compile("|".join(f"(?:{p})" for p in valid))
+
+
+@lru_cache(maxsize=1)
+def _dc_networks() -> tuple[np.ndarray, np.ndarray]:
+    nets = [ipaddress.ip_network(c) for c in DATACENTER_CIDRS]
+    lo = np.array([int(n.network_address) for n in nets], dtype=np.int64)
+    hi = np.array([int(n.broadcast_address) for n in nets], dtype=np.int64)
+    return lo, hi
+
+
+def _ipv4(ip: str) -> int:
+    try:
+        return int(ipaddress.IPv4Address(ip))
+    except ValueError:
+        return -1
+
+
+def is_datacenter(ips: Sequence[str]) -> np.ndarray:
+    lo, hi = _dc_networks()
+    x = np.array([_ipv4(i) for i in ips], dtype=np.int64)[:, None]   # (N, 1)
+    return np.asarray(((x >= lo) & (x <= hi)).any(axis=1))          # (N,)
+
+
+def is_crawler(uas: Sequence[str], shared_data: Path | None = None) -> np.ndarray:
+    rx = crawler_regex(shared_data)
+    return np.array([bool(ua) and rx.search(ua) is not None for ua in uas], dtype=bool)
+
+
+def ivt_columns(ips: Sequence[str], uas: Sequence[str], shared_data: Path | None = None
+                ) -> dict[str, np.ndarray]:
+    """On-demand IVT columns for the fraud features: crawler UA, data-centre IP, UA length."""
+    return {"ua_crawler": is_crawler(uas, shared_data).astype(np.float64),
+            "dc_ip": is_datacenter(ips).astype(np.float64),
+            "ua_len": np.array([len(u) for u in uas], dtype=np.float64)}
+
+
+__all__ = ["BUILTIN_CRAWLER_PATTERNS", "DATACENTER_CIDRS", "crawler_regex", "is_crawler",
+           "is_datacenter", "ivt_columns"]
