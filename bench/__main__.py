@@ -15,7 +15,7 @@ from rich.console import Console
 from adplatform.config import Settings, get_settings
 from bench.harness import print_table, write_json
 
-SUITES = ("http",)
+SUITES = ("features", "http")
 
 
 def bench_world(settings: Settings, console: Console) -> Settings:
@@ -41,15 +41,19 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[250.0, 500.0, 1000.0])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    console = Console()
+    console = Console(width=170)
     settings = get_settings()
-    world = bench_world(settings, console)
+    world = bench_world(settings, console) if "http" in args.suites else settings
     out = settings.workspace.root / "bench"
     for suite in args.suites:
         if suite == "http":
             from bench import http
 
             rows = http.run(world, rates=args.rates, duration_s=args.duration, seed=99)
+        elif suite == "features":
+            from bench import features
+
+            rows = features.run(settings)
         print_table(console, rows, f"bench: {suite}")
         console.print(f"wrote {write_json(rows, out, suite)}")
 

@@ -1,0 +1,128 @@
+"""Feature-read suite: all features of one auction, our reader vs Feast's get_online_features.
+
+An auction reads user, device, ip, publisher and 20 candidate ads. Users are drawn
+Zipf-distributed over 100,000 users (a few heavy users, a long tail), as real traffic
+is. The online stores (SQLite and Redis) are loaded with synthetic rows for every
+entity, through Feast's own write path. The naive baseline is what a Feast user would
+write: one ``get_online_features`` call for the request-level views and one for the ads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from adplatform.config import Settings
+from bench.harness import Row, with_ratios
+from features.context import AdRef, RequestContext
+from features.ops import apply
+from features.reader import OnlineReader, ReaderConfig
+from features.repo import FLOAT_FIELDS, VIEWS
+from features.store import open_store
+
+N_USERS = 100_000
+N_ADS = 200
+N_PUBS = 500
+N_DEVICES = 100_000
+ZIPF_A = 1.2          # heavy head: the top users account for a large share of requests
+K = 20
+
+
+def _load(settings: Settings, rng: np.random.Generator) -> None:
+    store = apply(settings)
+    sizes = {"user_stats": N_USERS, "ad_stats": N_ADS, "campaign_stats": 50,
+             "publisher_stats": N_PUBS, "ip_stats": N_DEVICES, "device_stats": N_DEVICES}
+    prefix = {"user_stats": "u", "ad_stats": "cr", "campaign_stats": "c",
+              "publisher_stats": "p", "ip_stats": "ip", "device_stats": "d"}
+    ts = pd.Timestamp("2026-01-10", tz="UTC")
+    for view, _, key, fields in VIEWS:
+        n = sizes[view]
+        df = pd.DataFrame({key: [f"{prefix[view]}{i}" for i in range(n)],
+                           "event_timestamp": ts})
+        for f in fields:
+            v = rng.poisson(20, n)
+            df[f] = v.astype(np.float32) if f in FLOAT_FIELDS else v.astype(np.int64)
+        for start in range(0, n, 20_000):
+            store.write_to_online_store(view, df.iloc[start:start + 20_000])
+
+
+def _auctions(n: int, rng: np.random.Generator) -> list[tuple[RequestContext, list[AdRef]]]:
+    users = np.minimum(rng.zipf(ZIPF_A, n), N_USERS) - 1
+    out = []
+    for i in range(n):
+        ctx = RequestContext(ts=datetime(2026, 1, 10, 12, tzinfo=UTC), request_id=str(i),
+                             imp_id="1", user_id=f"u{users[i]}",
+                             publisher_id=f"p{rng.integers(N_PUBS)}",
+                             ip=f"ip{rng.integers(N_DEVICES)}",
+                             device_id=f"d{rng.integers(N_DEVICES)}", format="banner",
+                             w=300, h=250)
+        ads = [AdRef("c", f"cr{a}", int(a % 8)) for a in rng.choice(N_ADS, K, replace=False)]
+        out.append((ctx, ads))
+    return out
+
+
+def _time(fn: Callable[[RequestContext, list[AdRef]], object],
+          auctions: list[tuple[RequestContext, list[AdRef]]]) -> tuple[np.ndarray, float]:
+    lat = np.empty(len(auctions))
+    t_start = time.perf_counter()
+    for i, (ctx, ads) in enumerate(auctions):
+        t0 = time.perf_counter()
+        fn(ctx, ads)
+        lat[i] = (time.perf_counter() - t0) * 1000.0
+    return lat, len(auctions) / (time.perf_counter() - t_start)
+
+
+def _row(target: str, baseline: str, lat: np.ndarray, rps: float, **extra: float | str) -> Row:
+    return Row(suite="features", target=target, baseline=baseline, rate=None,
+               p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)),
+               throughput=rps, extra=dict(extra))
+
+
+def run(settings: Settings, *, n: int = 3000, seed: int = 5) -> list[Row]:
+    rows: list[Row] = []
+    stores = {
+        "sqlite": Settings(**{**settings.model_dump(),
+                              "home": settings.workspace.root / "bench-features"}),
+        "redis": Settings(**{**settings.model_dump(), "profile": "services",
+                             "home": settings.workspace.root / "bench-features-redis",
+                             "redis_url": "redis://127.0.0.1:6379/13"}),
+    }
+    for name, s in stores.items():
+        rng = np.random.default_rng(seed)
+        _load(s, rng)
+        store = open_store(s)
+        auctions = _auctions(n, rng)
+        request_feats = [f"{v}:{f}" for v, _, _, fields in VIEWS
+                         if v in ("user_stats", "publisher_stats", "ip_stats", "device_stats")
+                         for f in fields]
+        ad_feats = [f"ad_stats:{f}" for f in dict((v, f) for v, _, _, f in VIEWS)["ad_stats"]]
+
+        def naive(ctx: RequestContext, ads: list[AdRef], store=store) -> object:  # type: ignore[no-untyped-def]
+            store.get_online_features(features=request_feats, entity_rows=[{
+                "user_id": ctx.user_id, "publisher_id": ctx.publisher_id, "ip": ctx.ip,
+                "device_id": ctx.device_id}]).to_dict()
+            return store.get_online_features(
+                features=ad_feats, entity_rows=[{"creative_id": a.creative_id} for a in ads]
+            ).to_dict()
+
+        _time(naive, auctions[:100])                       # warm-up
+        base_lat, base_rps = _time(naive, auctions)
+        base = _row(f"naive get_online_features ({name})", "-", base_lat, base_rps)
+        rows.append(base)
+        uncached = OnlineReader(store, ReaderConfig(cache_size=0))
+        _time(uncached.raw_columns, auctions[:100])
+        lat, rps = _time(uncached.raw_columns, auctions)
+        rows.append(with_ratios(_row(f"reader, uncached ({name})", base.target, lat, rps),
+                                base))
+        cfg = ReaderConfig()
+        cached = OnlineReader(store, cfg)
+        lat, rps = _time(cached.raw_columns, auctions)
+        rows.append(with_ratios(_row(
+            f"reader, cached ({name})", base.target, lat, rps,
+            hit_rate=round(cached.cache_stats.hit_rate, 4), cache_size=cfg.cache_size,
+            cache_ttl_s=cfg.cache_ttl_s), base))
+    return rows
