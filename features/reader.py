@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,52 +124,86 @@ class OnlineReader:
 
     def read(self, view: str, keys: Sequence[str]) -> np.ndarray:
         """(len(keys), n_fields) float64 for a view; NaN rows for unknown or empty keys."""
-        fields = self._fields[view]
-        out = np.full((len(keys), len(fields)), np.nan)
-        todo: list[int] = []
-        for i, k in enumerate(keys):
-            if not k:
-                continue
-            row = self._cache.get((view, k)) if self._cache else None
-            if row is None:
-                todo.append(i)
-            else:
-                out[i] = row
+        return self.read_views({view: keys})[view]
+
+    def read_views(self, requests: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+        """Several views at once: cache first, then ONE store round trip for the rest.
+
+        On Redis all misses of all views go out in a single pipeline; other stores are
+        read view by view through Feast's ``online_read``.
+        """
+        out: dict[str, np.ndarray] = {}
+        todo: dict[str, list[int]] = {}
+        for view, keys in requests.items():
+            arr = np.full((len(keys), len(self._fields[view])), np.nan)
+            out[view] = arr
+            for i, k in enumerate(keys):
+                if not k:
+                    continue
+                row = self._cache.get((view, k)) if self._cache else None
+                if row is None:
+                    todo.setdefault(view, []).append(i)
+                else:
+                    arr[i] = row
         if not todo:
             return out
-        join_key = self._keys[view]
-        protos = [self._entity_key(join_keys=[join_key],
-                                   entity_values=[self._value(string_val=keys[i])])
-                  for i in todo]
         try:
-            # A copy: Feast's Redis store appends its own timestamp key to this list.
-            result = self._online.online_read(self._repo_config, self._views[view], protos,
-                                              list(fields))
+            results = self._fetch({v: [requests[v][i] for i in idx] for v, idx in todo.items()})
         except FeatureStoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure becomes one typed error
-            raise StoreUnavailable(f"online store read failed for {view}: {exc}") from exc
-        for i, (_, values) in zip(todo, result, strict=True):
-            if values is not None:
-                out[i] = [_decode(values[f]) if f in values else np.nan for f in fields]
-            if self._cache is not None:
-                self._cache.put((view, keys[i]), out[i].copy())
+            raise StoreUnavailable(f"online store read failed: {exc}") from exc
+        for view, idx in todo.items():
+            fields, keys, arr = self._fields[view], requests[view], out[view]
+            for i, (_, values) in zip(idx, results[view], strict=True):
+                if values is not None:
+                    arr[i] = [_decode(values[f]) if f in values else np.nan for f in fields]
+                if self._cache is not None:
+                    self._cache.put((view, keys[i]), arr[i].copy())
         return out
+
+    def _protos(self, view: str, keys: Sequence[str]) -> list[Any]:
+        join_key = self._keys[view]
+        return [self._entity_key(join_keys=[join_key], entity_values=[self._value(string_val=k)])
+                for k in keys]
+
+    def _fetch(self, misses: dict[str, list[str]]) -> dict[str, list[Any]]:
+        online: Any = self._online
+        config = self._repo_config
+        if not hasattr(online, "_read_hash_fields"):
+            # A copy of the field list: some stores append their own keys to it.
+            return {v: online.online_read(config, self._views[v], self._protos(v, keys),
+                                          list(self._fields[v]))
+                    for v, keys in misses.items()}
+        # Redis: one pipeline for every view (Feast's own key and field encoding).
+        commands: list[tuple[bytes, list[Any]]] = []
+        spans: list[tuple[str, int, int, list[str]]] = []
+        for view, keys in misses.items():
+            wanted, hset_keys = online._generate_hset_keys_for_features(
+                self._views[view], list(self._fields[view]))
+            rkeys = online._generate_redis_keys_for_entities(config, self._protos(view, keys))
+            spans.append((view, len(commands), len(rkeys), wanted))
+            commands += [(k, hset_keys) for k in rkeys]
+        values = online._read_hash_fields(config, commands)
+        return {view: online._convert_redis_values_to_protobuf(
+                    values[start:start + n], view, wanted)
+                for view, start, n, wanted in spans}
 
     def raw_columns(self, ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:
         """Every stored column one auction needs: (K,) for ads, scalars broadcast to (K,)."""
         personal = ctx.personalised and bool(ctx.user_id)
         k = len(ads)
+        rows = self.read_views({
+            "user_stats": [ctx.user_id if personal else ""],
+            "publisher_stats": [ctx.publisher_id], "ip_stats": [ctx.ip],
+            "device_stats": [ctx.device_id], "ad_stats": [a.creative_id for a in ads]})
         cols: dict[str, np.ndarray] = {}
-        for view, key in (("user_stats", ctx.user_id if personal else ""),
-                          ("publisher_stats", ctx.publisher_id), ("ip_stats", ctx.ip),
-                          ("device_stats", ctx.device_id)):
-            row = self.read(view, [key])[0]
+        for view in ("user_stats", "publisher_stats", "ip_stats", "device_stats"):
+            row = rows[view][0]
             for j, f in enumerate(self._fields[view]):
                 cols[f] = np.full(k, row[j])
-        ad = self.read("ad_stats", [a.creative_id for a in ads])
         for j, f in enumerate(self._fields["ad_stats"]):
-            cols[f] = ad[:, j]
+            cols[f] = rows["ad_stats"][:, j]
         return cols
 
     def build(self, ctx: RequestContext, ads: Sequence[AdRef]) -> AuctionInputs:
