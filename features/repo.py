@@ -89,7 +89,12 @@ def _view(name: str, entity: Entity, fields: list[str], offline_dir: Path) -> Fe
 
 def definitions(offline_dir: Path) -> FeatureRepo:
     """Every Feast object of the repo, with file sources under ``offline_dir``."""
+    from features.audience.writeback import VIEW_NAME as SEGMENTS_VIEW
+    from features.audience.writeback import segment_view
+
     views = {name: _view(name, ent, fields, offline_dir) for name, ent, _, fields in VIEWS}
+    # Audience segments (lookalikes) written back for campaign targeting.
+    views[SEGMENTS_VIEW] = segment_view(offline_dir)
     services = {
         # CTR v1 reads user, ad and publisher aggregates (see features/vectorize.py).
         "ctr_v1": FeatureService(name="ctr_v1", features=[

@@ -201,9 +201,11 @@ def serving_bento(
 
 
 def _register_plugins() -> None:
+    from features.audience.cli import register as register_audience
     from simulator.cli import register
 
     register(app)
+    register_audience(app)
 
 
 def main() -> None:

@@ -35,16 +35,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
-from adplatform.eventlog import read_events
+from adplatform.eventlog import SCHEMAS
 from features.audience.errors import AudienceError
 
 log = logging.getLogger(__name__)
 
 PUB_PREFIX = "pub:"
 AD_PREFIX = "ad:"
+#: Up to this many items the SVD is solved exactly from the items × items Gram matrix.
+GRAM_MAX_ITEMS = 4096
+#: Components weaker than this fraction of the strongest are numerical noise: dropped
+#: (whitening would blow them up).
+RELATIVE_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class EmbeddingConfig:
     click_weight: float = 4.0        # a click, on the creative and on its publisher
     idf: bool = True                 # weight items by log(users / users who engaged)
     whiten: bool = True              # divide factors by the singular values
-    evidence: float = 0.75           # factor scale = ‖weighted row‖ ** evidence (0: none)
+    evidence: float = 0.5            # factor scale = ‖weighted row‖ ** evidence (0: none)
     min_users_per_item: int = 2      # rarer items carry no co-engagement
     n_iter: int = 7                  # power iterations of the randomized SVD
     seed: int = 7
@@ -157,54 +165,65 @@ class UserEmbeddings:
                        seconds=float(meta["seconds"]))
 
 
+def _read(events: Path, table: str, columns: list[str]) -> pa.Table:
+    """Only ``columns`` of an event table (the whole log), with the schema's types."""
+    schema = SCHEMAS[table]
+    files = sorted((events / table).glob("date=*/*.parquet"))
+    if not files:
+        return schema.empty_table().select(columns)
+    return ds.dataset([str(f) for f in files], schema=schema,
+                      format="parquet").to_table(columns=columns)
+
+
+def _latest(tables: list[pa.Table]) -> datetime | None:
+    stamps = [pc.max(t.column("ts")).as_py() for t in tables if t.num_rows]
+    stamps = [t for t in stamps if t is not None]
+    return max(stamps) if stamps else None
+
+
 def _edges(events: Path, config: EmbeddingConfig) -> tuple[pd.DataFrame, datetime | None]:
     """(user_id, item, weight) rows of every engagement, and the latest event time."""
-    frames: list[pd.DataFrame] = []
-    latest: list[pd.Timestamp] = []
+    parts: list[tuple[pa.Array, str, pa.Array, float]] = []   # users, prefix, ids, weight
+    read: list[pa.Table] = []
     if config.view_weight > 0:
-        req = read_events(events, "requests")[["ts", "user_id", "publisher_id"]]
-        frames.append(pd.DataFrame({"user_id": req["user_id"],
-                                    "item": PUB_PREFIX + req["publisher_id"],
-                                    "weight": config.view_weight}))
-        latest.append(req["ts"].max())
-    imp = read_events(events, "impressions")[["ts", "request_id", "imp_id", "user_id",
-                                              "creative_id", "publisher_id"]]
-    latest.append(imp["ts"].max())
+        req = _read(events, "requests", ["ts", "user_id", "publisher_id"])
+        read.append(req)
+        parts.append((req["user_id"], PUB_PREFIX, req["publisher_id"], config.view_weight))
+    imp = _read(events, "impressions", ["ts", "request_id", "imp_id", "user_id",
+                                        "creative_id", "publisher_id"])
+    read.append(imp)
     if config.impression_weight > 0:
-        frames.append(pd.DataFrame({"user_id": imp["user_id"],
-                                    "item": AD_PREFIX + imp["creative_id"],
-                                    "weight": config.impression_weight}))
+        parts.append((imp["user_id"], AD_PREFIX, imp["creative_id"], config.impression_weight))
     if config.click_weight > 0:
-        clk = read_events(events, "clicks")[["ts", "request_id", "imp_id", "user_id",
-                                             "creative_id"]]
-        latest.append(clk["ts"].max())
-        pub = clk.merge(imp[["request_id", "imp_id", "publisher_id"]],
-                        on=["request_id", "imp_id"], how="inner")
-        frames.append(pd.DataFrame({"user_id": clk["user_id"],
-                                    "item": AD_PREFIX + clk["creative_id"],
-                                    "weight": config.click_weight}))
-        frames.append(pd.DataFrame({"user_id": pub["user_id"],
-                                    "item": PUB_PREFIX + pub["publisher_id"],
-                                    "weight": config.click_weight}))
-    edges = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {"user_id": [], "item": [], "weight": []})
-    edges = edges[edges["user_id"].notna() & (edges["user_id"] != "")
-                  & edges["item"].notna()]
-    stamps = [t for t in latest if pd.notna(t)]
-    as_of = max(stamps).to_pydatetime() if stamps else None
-    return edges, as_of
+        clk = _read(events, "clicks", ["ts", "request_id", "imp_id", "user_id", "creative_id"])
+        read.append(clk)
+        shown = clk.join(imp.select(["request_id", "imp_id", "publisher_id"]),
+                         keys=["request_id", "imp_id"], join_type="inner")
+        parts.append((clk["user_id"], AD_PREFIX, clk["creative_id"], config.click_weight))
+        parts.append((shown["user_id"], PUB_PREFIX, shown["publisher_id"], config.click_weight))
+    frames = [pd.DataFrame({"user_id": users.to_numpy(), "item": ids.to_numpy(),
+                            "prefix": prefix, "weight": w})
+              for users, prefix, ids, w in parts]
+    edges = (pd.concat(frames, ignore_index=True) if frames else
+             pd.DataFrame({"user_id": [], "item": [], "prefix": [], "weight": []}))
+    keep = (edges["user_id"].notna() & (edges["user_id"] != "") & edges["item"].notna()
+            & (edges["item"] != ""))
+    edges = edges[keep]
+    edges = edges.assign(item=edges["prefix"] + edges["item"]).drop(columns="prefix")
+    return edges, _latest(read)
 
 
 def interactions(events: Path, config: EmbeddingConfig | None = None) -> Interactions:
     """The weighted users × items matrix of the event log under ``events``."""
     config = config or EmbeddingConfig()
     edges, as_of = _edges(events, config)
-    users, u = np.unique(edges["user_id"].to_numpy(dtype=object), return_inverse=True)
-    items, i = np.unique(edges["item"].to_numpy(dtype=object), return_inverse=True)
+    u, users = pd.factorize(edges["user_id"], sort=True)
+    i, items = pd.factorize(edges["item"], sort=True)
     matrix = sp.csr_matrix((edges["weight"].to_numpy(dtype=np.float64), (u, i)),
                            shape=(len(users), len(items)))
     matrix.sum_duplicates()
-    return Interactions(users, items, matrix, as_of)
+    return Interactions(np.asarray(users, dtype=object), np.asarray(items, dtype=object),
+                        matrix, as_of)
 
 
 def weight(inter: Interactions, config: EmbeddingConfig) -> sp.csr_matrix:
@@ -224,6 +243,28 @@ def _row_norms(x: sp.csr_matrix) -> np.ndarray:
     return np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
 
 
+def _truncated_svd(x: sp.csr_matrix, k: int, config: EmbeddingConfig
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` singular values and right singular vectors (``k × items``) of ``x``.
+
+    With few items the exact answer comes from the items × items Gram matrix (one
+    sparse product and a small symmetric eigendecomposition); with many, from a seeded
+    randomized SVD. Signs are fixed so the largest loading of each vector is positive.
+    """
+    if x.shape[1] <= GRAM_MAX_ITEMS:
+        gram = np.asarray((x.T @ x).toarray())
+        evals, evecs = np.linalg.eigh(gram)
+        order = np.argsort(-evals, kind="stable")[:k]
+        s = np.sqrt(np.clip(evals[order], 0.0, None))
+        vt = evecs[:, order].T
+    else:
+        _, s, vt = randomized_svd(x, n_components=k, n_iter=config.n_iter,
+                                  random_state=config.seed)
+    pivot = np.argmax(np.abs(vt), axis=1)
+    signs = np.sign(vt[np.arange(len(vt)), pivot])
+    return s, vt * np.where(signs == 0, 1.0, signs)[:, None]
+
+
 def embed(inter: Interactions, config: EmbeddingConfig | None = None) -> UserEmbeddings:
     """Factorise the interaction matrix into unit-length user vectors (see the module doc)."""
     config = config or EmbeddingConfig()
@@ -238,8 +279,9 @@ def embed(inter: Interactions, config: EmbeddingConfig | None = None) -> UserEmb
     k = min(config.dim, n_items - 1, n_users - 1)
     if k < 1:
         raise AudienceError(f"too little data to embed: {n_users} users x {n_items} items")
-    _, s, vt = randomized_svd(unit, n_components=k, n_iter=config.n_iter,
-                              random_state=config.seed, flip_sign=True)
+    s, vt = _truncated_svd(unit, k, config)
+    keep = s > s[0] * RELATIVE_TOLERANCE if s.size and s[0] > 0 else np.zeros(k, dtype=bool)
+    s, vt = np.where(keep, s, 0.0), vt * keep[:, None]
     factors = np.asarray(unit @ vt.T)                               # (users, k)
     if config.whiten:
         factors /= np.where(s > 0, s, 1.0)[None, :]

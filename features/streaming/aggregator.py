@@ -42,7 +42,7 @@ from features.streaming.backfill import window_table
 from features.streaming.bus import EventBus
 from features.streaming.definitions import STREAM_VIEWS, StreamView
 from features.streaming.errors import StreamingError
-from features.streaming.events import StreamEvent, log_events
+from features.streaming.events import StreamEvent, events_from_frame, log_events
 from features.streaming.windows import Key, WindowTable
 
 if TYPE_CHECKING:
@@ -92,13 +92,42 @@ class PushSink(Protocol):
 
 
 class FeastPushSink:
-    """Pushes through the view's Feast push source to the online store."""
+    """Pushes through the view's Feast push source to the online store.
 
-    def __init__(self, store: FeatureStore) -> None:
+    ``FeatureStore.push(source, df)`` lists (and deserializes) every feature view of the
+    registry at each call to find the push source's views: 5-8 ms here, most of a push.
+    By default this sink finds them once and then writes each one with
+    ``FeatureStore.write_to_online_store`` (what ``push`` does for ``PushMode.ONLINE``),
+    about 1 ms; ``via_push_api=True`` calls ``push`` itself. :meth:`refresh` forgets the
+    resolved views (after a registry change).
+    """
+
+    def __init__(self, store: FeatureStore, *, via_push_api: bool = False) -> None:
         self.store = store
+        self.via_push_api = via_push_api
+        self._targets: dict[str, list[str]] = {}
+
+    def refresh(self) -> None:
+        self._targets.clear()
+
+    def _views_of(self, push_source: str) -> list[str]:
+        names = self._targets.get(push_source)
+        if names is None:
+            names = sorted(fv.name for fv in self.store.list_feature_views(allow_cache=True)
+                           if fv.stream_source is not None
+                           and fv.stream_source.name == push_source)
+            if not names:
+                raise StreamingError(f"no feature view reads push source {push_source!r}: "
+                                     "apply the streaming definitions first")
+            self._targets[push_source] = names
+        return names
 
     def push(self, view: StreamView, df: pd.DataFrame) -> None:
-        self.store.push(view.push_source, df)
+        if self.via_push_api:
+            self.store.push(view.push_source, df)
+            return
+        for name in self._views_of(view.push_source):
+            self.store.write_to_online_store(name, df, allow_registry_cache=True)
 
 
 @dataclass
@@ -193,9 +222,7 @@ class StreamAggregator:
             return 0
         span = max(f.window.span_us for v in self.views for f in v.features)
         recent = events[events["ts_us"] >= int(events["ts_us"].iloc[-1]) - span]
-        fields = list(recent.columns)
-        return self.process(StreamEvent(**dict(zip(fields, row, strict=True)))
-                            for row in recent.itertuples(index=False, name=None))
+        return self.process(events_from_frame(recent))
 
     def values(self, view: str, key: Key) -> tuple[int, ...]:
         """In-memory values of one key (what the next flush would push for it)."""
@@ -215,8 +242,8 @@ class StreamAggregator:
 
         Keys whose push failed stay dirty and are retried at the next flush.
         """
-        now = self.clock.now_us()
-        ts = max(now, self._last_push_us + 1)
+        # One instant for expiry and the write timestamp, strictly after the last push.
+        ts = now = max(self.clock.now_us(), self._last_push_us + 1)
         ok, pushed = True, False
         for i, (view, table) in enumerate(zip(self.views, self._tables, strict=True)):
             dirty = self._dirty[i]
@@ -286,11 +313,15 @@ class StreamAggregator:
 
     def run(self, bus: EventBus, stop: threading.Event) -> None:
         """Consume ``bus`` until ``stop`` is set; flush every interval; final flush at the end."""
+        # Flushes are at least ``interval`` apart; an event arriving after a quiet spell is
+        # pushed at once, events in a busy stream wait for the next flush. When nothing
+        # is dirty the loop still flushes every interval, to push expiries.
         interval = self.flush_interval_s
-        next_flush = time.monotonic() + interval
+        last_flush = time.monotonic()
         unacked = False
         while not stop.is_set():
-            wait = max(0.0, next_flush - time.monotonic())
+            dirty = any(self._dirty)
+            wait = max(0.0, last_flush + interval - time.monotonic()) if dirty else interval
             try:
                 events = bus.poll(self.max_batch, wait)
             except Exception as exc:  # noqa: BLE001 - transport outage: log, back off, retry
@@ -301,9 +332,10 @@ class StreamAggregator:
             if events:
                 self.process(events)
                 unacked = True
-            if time.monotonic() >= next_flush:
+            now = time.monotonic()
+            if now >= last_flush + interval:
                 unacked = self._flush_and_ack(bus, unacked)
-                next_flush = time.monotonic() + interval
+                last_flush = now
         self._flush_and_ack(bus, unacked)
 
     def _flush_and_ack(self, bus: EventBus, unacked: bool) -> bool:

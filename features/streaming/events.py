@@ -9,6 +9,7 @@ is one compact JSON object; ``ts`` is integer microseconds since the epoch, UTC.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,9 +111,19 @@ def log_events(events_dir: Path) -> pd.DataFrame:
     return events.sort_values("ts_us", kind="stable").reset_index(drop=True)
 
 
+def events_from_frame(df: pd.DataFrame) -> Iterator[StreamEvent]:
+    """The rows of a :func:`log_events` frame as events, in order."""
+    cols = [df[f].to_numpy(dtype=object) for f in KEY_FIELDS]
+    kinds = df["kind"].to_numpy(dtype=object)
+    times = df["ts_us"].to_numpy(dtype="int64")
+    for i in range(len(df)):
+        yield StreamEvent(kind=str(kinds[i]), ts_us=int(times[i]),
+                          **{f: str(c[i]) for f, c in zip(KEY_FIELDS, cols, strict=True)})
+
+
 def _ts_us(ts: pd.Series) -> pd.Series:
     return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64")
 
 
-__all__ = ["EVENT_KINDS", "KEY_FIELDS", "EventKind", "StreamEvent", "from_us", "log_events",
-           "to_us"]
+__all__ = ["EVENT_KINDS", "KEY_FIELDS", "EventKind", "StreamEvent", "events_from_frame",
+           "from_us", "log_events", "to_us"]

@@ -20,8 +20,9 @@ import numpy as np
 
 from features.streaming.aggregator import StreamAggregator
 from features.streaming.bus import EventBus, open_bus
-from features.streaming.definitions import IP_VELOCITY, STREAM_VIEWS, StreamView
+from features.streaming.definitions import IP_VELOCITY, STREAM_VIEWS
 from features.streaming.events import StreamEvent
+from features.streaming.online import StreamReader
 from features.streaming.windows import Key
 
 if TYPE_CHECKING:
@@ -40,40 +41,20 @@ def apply_streaming(settings: Settings) -> FeatureStore:
     """
     import sqlite3
 
+    from features.repo import ENTITIES
     from features.store import offline_dir, open_store
-    from features.streaming.definitions import streaming_definitions
+    from features.streaming.definitions import STREAM_VIEWS, streaming_definitions
 
     store = open_store(settings)
-    store.apply(streaming_definitions(offline_dir(settings)))  # type: ignore[arg-type]
+    needed = {name for v in STREAM_VIEWS for name in v.entities}
+    objects = [*(e for e in ENTITIES if e.name in needed),
+               *streaming_definitions(offline_dir(settings), existing=ENTITIES)]
+    store.apply(objects)  # type: ignore[arg-type]
     if settings.profile == "embedded":
         # As features.ops does: WAL, so the aggregator's writes never block readers.
         with sqlite3.connect(settings.workspace.feature_repo / "online.db") as conn:
             conn.execute("PRAGMA journal_mode=WAL")
     return store
-
-
-def read_online(store: FeatureStore, view: StreamView, keys: Sequence[Key]
-                ) -> list[tuple[int, ...] | None]:
-    """Online values of ``keys`` (tuples in ``view.join_keys`` order); None if absent.
-
-    Reads through the online store directly (no feature-service resolution), as the
-    decision engine's reader does.
-    """
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    fv = store.get_feature_view(view.name, allow_registry_cache=True)
-    protos = [EntityKey(join_keys=list(view.join_keys),
-                        entity_values=[Value(string_val=v) for v in key]) for key in keys]
-    names = view.feature_names
-    rows = store._get_provider().online_store.online_read(store.config, fv, protos, list(names))
-    out: list[tuple[int, ...] | None] = []
-    for _, values in rows:
-        if values is None or any(n not in values for n in names):
-            out.append(None)
-        else:
-            out.append(tuple(int(values[n].int64_val) for n in names))
-    return out
 
 
 def measure_freshness(settings: Settings, transport: str = "inprocess", n: int = 200, *,
@@ -89,7 +70,7 @@ def measure_freshness(settings: Settings, transport: str = "inprocess", n: int =
         raise ValueError(f"n must be >= 1, got {n}")
     run_id = uuid.uuid4().hex[:10]
     apply_streaming(settings)
-    reader_store = _open(settings)
+    reader = StreamReader(_open(settings))
     aggregator = StreamAggregator.from_settings(settings, views=STREAM_VIEWS,
                                                 flush_interval_s=flush_interval_s)
     bus = open_bus(settings, transport, name=f"freshness-{run_id}", consumer="freshness")
@@ -106,7 +87,7 @@ def measure_freshness(settings: Settings, transport: str = "inprocess", n: int =
             with lock:
                 todo = [k for k in published if k not in seen]
             if todo:
-                rows = read_online(reader_store, IP_VELOCITY, todo)
+                rows = reader.rows(IP_VELOCITY, todo)
                 now = time.perf_counter()
                 with lock:
                     for key, row in zip(todo, rows, strict=True):
@@ -191,4 +172,4 @@ def _cleanup(aggregator: StreamAggregator, probes: Sequence[Key], buses: list[Ev
             b.close()
 
 
-__all__ = ["apply_streaming", "measure_freshness", "read_online"]
+__all__ = ["apply_streaming", "measure_freshness"]

@@ -3,6 +3,7 @@
 Events go to subject ``<name>.<kind>`` of stream ``<name>`` (file storage, kept
 ``max_age_s``). The consumer is durable, so a restarted aggregator resumes after the
 last acknowledged event; with ``AckPolicy.ALL`` one ack covers a whole flushed batch.
+Delivered but unacknowledged events are delivered again ``ack_wait_s`` after delivery.
 
 nats-py is asyncio; this class runs a private event loop in a daemon thread and offers a
 blocking, thread-safe API. ``publish`` does not wait for JetStream's ack (the decision
@@ -33,11 +34,13 @@ _MIN_FETCH_S = 0.01
 class NatsJetStreamBus:
     def __init__(self, url: str = "nats://127.0.0.1:4222", *, name: str = "adplatform-events",
                  durable: str = "stream-aggregator", max_age_s: float = 2 * 86_400,
-                 max_inflight: int = 10_000, connect_timeout_s: float = 2.0) -> None:
+                 ack_wait_s: float = 30.0, max_inflight: int = 10_000,
+                 connect_timeout_s: float = 2.0) -> None:
         for what, value in (("stream name", name), ("durable name", durable)):
             if not _NAME.match(value):
                 raise StreamingError(f"NATS {what} {value!r}: use letters, digits, '-' and '_'")
         self.url, self.name, self.durable = url, name, durable
+        self.ack_wait_s = ack_wait_s
         self.bad_messages = 0
         self._inflight = threading.BoundedSemaphore(max_inflight)
         self._lock = threading.Lock()
@@ -59,11 +62,11 @@ class NatsJetStreamBus:
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return fut.result(timeout_s)
-        except cf.TimeoutError:
+        done, _ = cf.wait([fut], timeout=timeout_s)
+        if not done:
             fut.cancel()
-            raise BusError(f"NATS call timed out after {timeout_s}s") from None
+            raise BusError(f"NATS call did not complete within {timeout_s:.1f}s")
+        return fut.result()
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -76,11 +79,15 @@ class NatsJetStreamBus:
         from nats.js.api import StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
+        # Reconnect forever once connected (a server restart must not stop the stream),
+        # but give up on the first connection after the timeout (with unlimited attempts
+        # nats.connect itself would never return).
         try:
-            self._nc = await nats.connect(self.url, connect_timeout=timeout_s,
-                                          max_reconnect_attempts=-1, allow_reconnect=True)
+            self._nc = await asyncio.wait_for(
+                nats.connect(self.url, connect_timeout=timeout_s, max_reconnect_attempts=-1,
+                             allow_reconnect=True), timeout_s + 0.5)
         except Exception as exc:
-            raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
+            raise BusError(f"cannot connect to NATS at {self.url}: {exc!r}") from exc
         self._js = self._nc.jetstream()
         try:
             await self._js.stream_info(self.name)
@@ -124,17 +131,18 @@ class NatsJetStreamBus:
     # -- consumer ------------------------------------------------------------------------
 
     async def _fetch(self, n: int, timeout_s: float) -> list[Any]:
-        import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig
 
         if self._sub is None:
             self._sub = await self._js.pull_subscribe(
                 f"{self.name}.>", durable=self.durable, stream=self.name,
-                config=ConsumerConfig(ack_policy=AckPolicy.ALL, ack_wait=60,
+                config=ConsumerConfig(ack_policy=AckPolicy.ALL, ack_wait=self.ack_wait_s,
                                       max_ack_pending=1_000_000, max_waiting=16))
         try:
             msgs: list[Any] = await self._sub.fetch(batch=n, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # nats.errors.TimeoutError, or the bare asyncio.TimeoutError fetch raises when
+            # its deadline passes between its two requests: no messages this time.
             return []
         return msgs
 
