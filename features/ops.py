@@ -46,8 +46,13 @@ def materialize(settings: Settings, end: datetime | None = None, *,
     change recent snapshots, so the last ``lookback`` is always reloaded. The first run
     loads everything. Times are the event log's (simulated) times, never the wall clock.
     """
+    from features.streaming import backfill_frames, write_backfill
+
     frames = compute_views(settings.workspace.events)
     rows = write_views(frames, offline_dir(settings))
+    # The streaming windows' offline history, from the same window code the live
+    # aggregator runs; only the aggregator writes them online (no materialization).
+    rows.update(write_backfill(backfill_frames(settings.workspace.events), offline_dir(settings)))
     store = apply(settings)
     latest = [df["event_timestamp"].max() for df in frames.values() if len(df)]
     if end is None:

@@ -95,6 +95,12 @@ def definitions(offline_dir: Path) -> FeatureRepo:
     views = {name: _view(name, ent, fields, offline_dir) for name, ent, _, fields in VIEWS}
     # Audience segments (lookalikes) written back for campaign targeting.
     views[SEGMENTS_VIEW] = segment_view(offline_dir)
+    # Streaming windows (5-minute velocity, frequency today), fed by push sources.
+    from features.streaming.definitions import streaming_definitions
+
+    for obj in streaming_definitions(offline_dir, existing=ENTITIES):
+        if isinstance(obj, FeatureView):
+            views[obj.name] = obj           # Feast registers each view's push source itself
     services = {
         # CTR v1 reads user, ad and publisher aggregates (see features/vectorize.py).
         "ctr_v1": FeatureService(name="ctr_v1", features=[

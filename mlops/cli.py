@@ -202,10 +202,12 @@ def serving_bento(
 
 def _register_plugins() -> None:
     from features.audience.cli import register as register_audience
+    from mlops.reports.cli import register as register_reports
     from simulator.cli import register
 
     register(app)
     register_audience(app)
+    register_reports(app)
 
 
 def main() -> None:

@@ -37,13 +37,15 @@ from features.streaming.errors import BusError, StreamingError
 from features.streaming.events import EVENT_KINDS, StreamEvent, events_from_frame, log_events
 from features.streaming.freshness import apply_streaming, measure_freshness
 from features.streaming.online import StreamReader, read_online
+from features.streaming.skew import StreamSkewReport, stream_skew_check
 from features.streaming.windows import FIVE_MINUTES, TODAY_UTC, Window, WindowTable
 
 __all__ = [
     "DEVICE_VELOCITY", "EVENT_KINDS", "FIVE_MINUTES", "IP_VELOCITY", "STREAM_VIEWS", "TODAY_UTC",
     "TRANSPORTS", "USER_CAMPAIGN_FREQUENCY", "AggregatorStats", "BusError", "EventBus",
     "FeastPushSink", "InProcessBus", "PushSink", "StreamAggregator", "StreamClock", "StreamEvent",
-    "StreamFeature", "StreamReader", "StreamView", "StreamingError", "Transport", "Window", "WindowTable",
+    "StreamFeature", "StreamReader", "StreamSkewReport", "StreamView", "StreamingError", "Transport", "Window", "WindowTable",
     "apply_streaming", "backfill_frames", "events_from_frame", "log_events", "measure_freshness", "open_bus",
-    "read_online", "replay", "stream_view", "streaming_definitions", "write_backfill",
+    "read_online", "replay", "stream_skew_check", "stream_view", "streaming_definitions",
+    "write_backfill",
 ]

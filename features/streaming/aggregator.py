@@ -9,9 +9,10 @@ instant; once all its counters are 0 it is forgotten.
 
 Write timestamps. Feast's Redis online store (0.67, ``online_write_batch``) skips a row
 whose event timestamp is not strictly newer than the stored one, compared in
-nanoseconds; SQLite overwrites unconditionally. Every push therefore carries the flush
-instant of the aggregator's clock, made strictly increasing across flushes, so each
-flush of a key is newer than the last. For a store that compares whole seconds (older
+nanoseconds; SQLite overwrites unconditionally (and keeps event times in whole
+seconds). Every push therefore carries the flush instant of the aggregator's clock,
+made strictly increasing across flushes, so each flush of a key is newer than the last
+(a 50-click burst within one second is stored flush by flush). For a store that compares whole seconds (older
 Feast releases), set ``timestamp_resolution_us=1_000_000``: a key is then pushed at most
 once per whole second and later changes stay dirty until the next second (freshness
 about 1 s).
@@ -328,7 +329,7 @@ class StreamAggregator:
                 self.stats.bus_errors += 1
                 log.error("event bus poll failed; retrying in %.1fs", interval, exc_info=exc)
                 stop.wait(interval)
-                continue
+                events = []                     # windows still expire while the bus is down
             if events:
                 self.process(events)
                 unacked = True
@@ -339,7 +340,9 @@ class StreamAggregator:
         self._flush_and_ack(bus, unacked)
 
     def _flush_and_ack(self, bus: EventBus, unacked: bool) -> bool:
-        if not self.flush() or not unacked:
+        # Acknowledge only once everything delivered is in the store (with a timestamp
+        # resolution above 1 us some keys may wait for the next second).
+        if not self.flush() or not unacked or any(self._dirty):
             return unacked
         try:
             bus.ack()

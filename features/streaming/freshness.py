@@ -64,7 +64,7 @@ def measure_freshness(settings: Settings, transport: str = "inprocess", n: int =
 
     Uses the workspace of ``settings`` (its online store: SQLite or Redis) and a bus name
     unique to this run (the NATS stream / Redis stream is deleted afterwards). The probe
-    ips are pushed back to 0 at the end.
+    ips are removed from the online store at the end (Redis) or set back to 0 (SQLite).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -116,7 +116,7 @@ def measure_freshness(settings: Settings, transport: str = "inprocess", n: int =
         done.set()
         watcher.join(5)
         aggregator.stop()
-        _cleanup(aggregator, probes, [bus, consumer])
+        _cleanup(settings, aggregator, probes, [bus, consumer])
     lat = np.array([seen[k] - published[k] for k in probes if k in seen]) * 1000.0
     result: dict[str, Any] = {
         "transport": transport, "online_store": "redis" if settings.profile == "services" else "sqlite",
@@ -153,23 +153,45 @@ def _sleep_until(t: float) -> None:
         time.sleep(delay)
 
 
-def _cleanup(aggregator: StreamAggregator, probes: Sequence[Key], buses: list[EventBus]) -> None:
-    import pandas as pd
-
-    # Probe ips back to 0 (newer than anything the aggregator wrote), then drop the stream.
-    ts = max(aggregator.clock.now_us(), time.time_ns() // 1000) + 1_000_000
-    df = pd.DataFrame({"ip": [k[0] for k in probes],
-                       "event_timestamp": pd.to_datetime([ts] * len(probes), unit="us", utc=True),
-                       **{f: 0 for f in IP_VELOCITY.feature_names}})
+def _cleanup(settings: Settings, aggregator: StreamAggregator, probes: Sequence[Key],
+             buses: list[EventBus]) -> None:
     try:
-        aggregator.sink.push(IP_VELOCITY, df)
+        _forget_probes(settings, aggregator, probes)
     finally:
         unique = list({id(b): b for b in buses}.values())
         delete = getattr(unique[0], "delete", None)
         if callable(delete):
-            delete()
+            delete()                       # the run's own NATS stream / Redis stream
         for b in unique:
             b.close()
+
+
+def _forget_probes(settings: Settings, aggregator: StreamAggregator, probes: Sequence[Key]) -> None:
+    """Remove the probe ips from the online store: deleted from Redis; on SQLite (a local
+    file) pushed back to 0, newer than anything the aggregator wrote."""
+    if settings.profile == "services":
+        import redis
+        from feast.infra.online_stores.redis import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        from features.store import open_store
+
+        config = open_store(settings).config
+        names = [_redis_key(config.project,
+                            EntityKey(join_keys=["ip"], entity_values=[Value(string_val=k[0])]),
+                            entity_key_serialization_version=config.entity_key_serialization_version)
+                 for k in probes]
+        with redis.Redis.from_url(settings.redis_url) as client:
+            client.delete(*names)
+        return
+    import pandas as pd
+
+    ts = max(aggregator.clock.now_us(), time.time_ns() // 1000) + 1_000_000
+    df = pd.DataFrame({"ip": [k[0] for k in probes],
+                       "event_timestamp": pd.to_datetime([ts] * len(probes), unit="us", utc=True),
+                       **{f: 0 for f in IP_VELOCITY.feature_names}})
+    aggregator.sink.push(IP_VELOCITY, df)
 
 
 __all__ = ["apply_streaming", "measure_freshness"]

@@ -9,6 +9,7 @@ campaign of an auction for the frequency cap).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +43,11 @@ class StreamReader:
 
     def rows(self, view: StreamView, keys: Sequence[Key]) -> list[tuple[int, ...] | None]:
         """Stored values per key (tuples in ``view.join_keys`` order); None if absent."""
+        return [None if r is None else r[1] for r in self.stamped(view, keys)]
+
+    def stamped(self, view: StreamView, keys: Sequence[Key]
+                ) -> list[tuple[datetime, tuple[int, ...]] | None]:
+        """Stored (event timestamp, values) per key; None if absent."""
         if not keys:
             return []
         protos = [self._entity_key(join_keys=list(view.join_keys),
@@ -55,12 +61,13 @@ class StreamReader:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure becomes one typed error
             raise StoreUnavailable(f"online store read failed for {view.name}: {exc}") from exc
-        out: list[tuple[int, ...] | None] = []
-        for _, values in result:
-            if values is None or any(n not in values for n in names):
+        out: list[tuple[datetime, tuple[int, ...]] | None] = []
+        for ts, values in result:
+            if ts is None or values is None or any(n not in values for n in names):
                 out.append(None)
             else:
-                out.append(tuple(int(values[n].int64_val) for n in names))
+                ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+                out.append((ts, tuple(int(values[n].int64_val) for n in names)))
         return out
 
     def read(self, view: StreamView, keys: Sequence[Key]) -> np.ndarray:
