@@ -101,7 +101,8 @@ def run(settings: Settings, *, n: int = 3000, seed: int = 5) -> list[Row]:
                          for f in fields]
         ad_feats = [f"ad_stats:{f}" for f in dict((v, f) for v, _, _, f in VIEWS)["ad_stats"]]
 
-        def naive(ctx: RequestContext, ads: list[AdRef], store=store) -> object:  # type: ignore[no-untyped-def]
+        def naive(ctx: RequestContext, ads: list[AdRef], store=store,  # type: ignore[no-untyped-def]
+                  request_feats=request_feats, ad_feats=ad_feats) -> object:
             store.get_online_features(features=request_feats, entity_rows=[{
                 "user_id": ctx.user_id, "publisher_id": ctx.publisher_id, "ip": ctx.ip,
                 "device_id": ctx.device_id}]).to_dict()
@@ -125,4 +126,22 @@ def run(settings: Settings, *, n: int = 3000, seed: int = 5) -> list[Row]:
             f"reader, cached ({name})", base.target, lat, rps,
             hit_rate=round(cached.cache_stats.hit_rate, 4), cache_size=cfg.cache_size,
             cache_ttl_s=cfg.cache_ttl_s), base))
+    rows += freshness(stores["sqlite"], stores["redis"])
     return rows
+
+
+def freshness(sqlite: Settings, redis_settings: Settings, n: int = 300) -> list[Row]:
+    """Streaming freshness: publish -> visible in the online store (goal p99 <= 1 s)."""
+    from features.streaming import measure_freshness
+
+    out = []
+    for store_name, s in (("sqlite", sqlite), ("redis", redis_settings)):
+        transports = ("inprocess",) if store_name == "sqlite" else ("inprocess", "nats", "redis")
+        for transport in transports:
+            r = measure_freshness(s, transport, n, rate_hz=100.0)
+            out.append(Row(suite="features", target=f"push freshness ({transport} -> {store_name})",
+                           baseline="-", rate=100.0, p50_ms=float(r.get("p50_ms", "nan")),
+                           p99_ms=float(r.get("p99_ms", "nan")), throughput=float("nan"),
+                           errors=n - int(r["seen"]),
+                           extra={"max_ms": float(r.get("max_ms", "nan")), "n": n}))
+    return out

@@ -106,11 +106,60 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 @app.command()
 def serve(port: Annotated[int, typer.Option(help="TCP port")] = 8080,
-          host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1") -> None:
+          host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+          watch_interval: Annotated[float, typer.Option(
+              help="seconds between registry polls for alias moves; 0 disables")] = 5.0) -> None:
     """Run the decision service (OpenRTB bidder) over HTTP."""
     from mlops.serve import run_server
 
-    run_server(get_settings(), host=host, port=port)
+    run_server(get_settings(), host=host, port=port, watch_interval_s=watch_interval or None)
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="registered model name, e.g. ctr")],
+    version: Annotated[str | None, typer.Option("--version",
+                                                help="candidate (default: @challenger)")] = None,
+    latency_budget_ms: Annotated[float, typer.Option(help="p99 budget per auction of 20, ms")
+                                 ] = 1.0,
+) -> None:
+    """Gate a candidate against @champion; move champion only if every gate passes."""
+    from mlops.promotion import PromotionConfig, PromotionError, gates_table
+    from mlops.promotion import promote as run_promotion
+
+    try:
+        with console.status(f"gating {model} against its champion (held-out data, ONNX, latency)"):
+            result = run_promotion(get_settings(), model, version,
+                                   config=PromotionConfig(latency_budget_ms=latency_budget_ms))
+    except PromotionError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(1) from exc
+    if result.gates:
+        console.print(gates_table(result))
+    for note in result.notes:
+        console.print(f"[yellow]note: {note}")
+    if result.report_md is not None:
+        console.print(f"report: {result.report_md}")
+    if result.status == "refused":
+        console.print(f"[red]refused; version {result.candidate} stays challenger")
+        raise typer.Exit(1)
+    console.print(f"{model}@champion = version {result.candidate} ({result.status}; "
+                  f"previous: {result.champion_before})")
+
+
+@app.command()
+def rollback(model: Annotated[str, typer.Argument(help="registered model name")]) -> None:
+    """Move @champion back to @previous_champion."""
+    from mlops.promotion import PromotionError
+    from mlops.promotion import rollback as run_rollback
+
+    try:
+        r = run_rollback(get_settings(), model)
+    except PromotionError as exc:
+        console.print(f"[red]{exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{model}@champion: {r.from_version} -> {r.to_version} "
+                  f"(previous_champion now {r.previous_champion or 'unset'})")
 
 
 @app.command()

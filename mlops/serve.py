@@ -61,19 +61,31 @@ def build_engine(settings: Settings, *, config: EngineConfig | None = None) -> D
     )
 
 
-def run_server(settings: Settings, *, host: str, port: int) -> None:
+def run_server(settings: Settings, *, host: str, port: int,
+               watch_interval_s: float | None = 5.0) -> None:
     import gc
 
     import uvicorn
 
+    from serving.watcher import watch_backend
+
+    engine = build_engine(settings)
+    # Follow models:/<name>@champion: a promotion or rollback is served within one
+    # interval, without a restart (in-process ONNX; Triton/Bento follow on their side).
+    watcher = (watch_backend(settings, engine.models, interval_s=watch_interval_s)
+               if watch_interval_s else None)
     # A remote backend blocks on the network: decide in the thread pool then.
-    app = create_app(build_engine(settings), api_keys=settings.api_keys,
+    app = create_app(engine, api_keys=settings.api_keys,
                      decide_in_threadpool=settings.backend != "onnx")
     # Start-up objects (Feast registry, ONNX sessions, campaign index) live for the whole
     # process: moving them out of the collector's generations removes 10-60 ms GC pauses.
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        if watcher is not None:
+            watcher.stop()
 
 
 __all__ = ["build_backend", "build_engine", "run_server"]

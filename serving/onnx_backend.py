@@ -44,22 +44,23 @@ class OnnxBackend:
 
     def __init__(self, models: list[ModelFile]) -> None:
         self._lock = threading.Lock()
-        self._sessions: dict[str, _Session] = {}
-        self._versions: dict[str, str] = {}
+        # Sessions and versions change together, in one assignment, so a call scoring
+        # during a swap reports the version that actually scored it.
+        self._state: tuple[dict[str, _Session], dict[str, str]] = ({}, {})
         for m in models:
             self.swap(m)
-        if "ctr" not in self._sessions:
+        if "ctr" not in self._state[0]:
             raise BackendUnavailable("the ONNX backend needs a ctr model")
 
     def swap(self, model: ModelFile) -> None:
         """Load a new version, then replace the old one in a single assignment."""
         session = _Session(model.path)
         with self._lock:
-            self._sessions = {**self._sessions, model.name: session}
-            self._versions = {**self._versions, model.name: model.version}
+            sessions, versions = self._state
+            self._state = ({**sessions, model.name: session}, {**versions, model.name: model.version})
 
     def score(self, inputs: AuctionInputs) -> AuctionScores:
-        sessions = self._sessions                      # one consistent snapshot
+        sessions, versions = self._state               # one consistent snapshot
         if "ctr" not in sessions:
             raise BackendUnavailable("the ONNX backend is closed")
         pctr = sessions["ctr"].run(inputs.ctr)         # (K,)
@@ -69,14 +70,14 @@ class OnnxBackend:
         shading = None
         if inputs.shading is not None and "shading" in sessions:
             shading = sessions["shading"].run(inputs.shading)
-        return AuctionScores(pctr=pctr, fraud=fraud, shading=shading, versions=self._versions)
+        return AuctionScores(pctr=pctr, fraud=fraud, shading=shading, versions=versions)
 
     def versions(self) -> dict[str, str]:
-        return dict(self._versions)
+        return dict(self._state[1])
 
     def close(self) -> None:
         with self._lock:
-            self._sessions = {}
+            self._state = ({}, self._state[1])
 
 
 __all__ = ["ModelFile", "OnnxBackend"]

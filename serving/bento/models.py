@@ -132,8 +132,9 @@ class AuctionModels:
                 raise InvalidAuction(f"fraud must be one row, got shape {list(inputs.fraud.shape)}")
             self._check_features(inputs.fraud, "fraud")
         if inputs.shading is not None:
-            if _rows(inputs.shading, "shading") != k:
-                raise InvalidAuction(f"shading has {inputs.shading.shape[0]} rows, ctr has {k}")
+            if _rows(inputs.shading, "shading") not in (1, k):
+                raise InvalidAuction(f"shading has {inputs.shading.shape[0]} rows; "
+                                     f"expected 1 (per auction) or {k} (per candidate)")
             self._check_features(inputs.shading, "shading")
 
     def _check_features(self, x: np.ndarray, name: str) -> None:
