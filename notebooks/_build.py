@@ -78,6 +78,24 @@ model = resolve(settings, "ctr", result.alias)
 x = np.zeros((5, len(__import__("features.vectorize", fromlist=["CTR_FEATURES"]).CTR_FEATURES)), np.float32)
 onnx_predict(model.onnx_path.read_bytes(), x)'''),
     ],
+    "05_promotion.ipynb": [
+        ("md", "# 05 — Promote a challenger\\n\\nTrain a new CTR version (it registers as "
+               "`challenger`), gate it against `champion` on the same held-out data — quality, "
+               "calibration, ONNX parity, latency — and move `champion` only if every gate "
+               "passes. Then roll back. Same code as `adplatform promote` / `rollback`."),
+        ("code", SETUP),
+        ("code", '''from training.ctr import train_ctr
+
+challenger = train_ctr(settings)
+challenger.version, challenger.alias'''),
+        ("code", '''from mlops.promotion import promote, rollback
+
+result = promote(settings, "ctr")
+pd.DataFrame([{"gate": g.name, "passed": g.passed, "reason": g.reason} for g in result.gates])'''),
+        ("code", '''result.status, result.candidate, result.champion_before'''),
+        ("code", '''if result.status == "promoted":
+    print(rollback(settings, "ctr"))'''),
+    ],
 }
 
 
