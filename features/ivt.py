@@ -74,9 +74,14 @@ def is_datacenter(ips: Sequence[str]) -> np.ndarray:
     return np.asarray(((x >= lo) & (x <= hi)).any(axis=1))          # (N,)
 
 
+@lru_cache(maxsize=65_536)
+def _is_crawler_one(ua: str, shared_data: Path | None) -> bool:
+    # The combined pattern is large (~26 kB); a user agent is matched once per process.
+    return bool(ua) and crawler_regex(shared_data).search(ua) is not None
+
+
 def is_crawler(uas: Sequence[str], shared_data: Path | None = None) -> np.ndarray:
-    rx = crawler_regex(shared_data)
-    return np.array([bool(ua) and rx.search(ua) is not None for ua in uas], dtype=bool)
+    return np.array([_is_crawler_one(ua, shared_data) for ua in uas], dtype=bool)
 
 
 def ivt_columns(ips: Sequence[str], uas: Sequence[str], shared_data: Path | None = None

@@ -97,6 +97,28 @@ def train_ctr_cmd() -> None:
     _print_metrics(f"ctr version {result.version} -> @{result.alias}", result.metrics)
 
 
+@train_app.command("fraud")
+def train_fraud_cmd(
+    target_fpr: Annotated[float, typer.Option(help="FPR on human requests the threshold allows")
+                          ] = 0.01,
+    human_keep: Annotated[float, typer.Option(help="share of human requests kept for fitting")
+                          ] = 1.0,
+) -> None:
+    """Train the fraud (IVT) model on fraud_v1 + GIVT rules; register `fraud` in MLflow."""
+    from training.fraud import FraudConfig, train_fraud
+
+    settings = get_settings()
+    with console.status("training fraud (Feast point-in-time join, LightGBM + rules, ONNX, MLflow)"):
+        result = train_fraud(settings, FraudConfig(target_fpr=target_fpr, human_keep=human_keep))
+    ev = result.evaluation
+    _print_metrics(f"fraud version {result.version} -> @{result.alias}, "
+                   f"threshold {result.threshold:.6g}",
+                   {"pr_auc": ev["pr_auc"], "recall_at_1pct_fpr": ev["recall_at_1pct_fpr"],
+                    "rules_only_recall": ev["rules_only_recall"],
+                    **{f"recall_{k}": v for k, v in ev["per_kind"].items()},
+                    "test_fpr_at_threshold": ev["at_threshold"]["fpr"]})
+
+
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     table = Table("metric", "value", title=title)
     for k, v in metrics.items():

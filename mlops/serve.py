@@ -47,6 +47,18 @@ def build_backend(settings: Settings, alias: str = "champion") -> ModelBackend:
     raise NotImplementedError(f"backend {settings.backend!r} is wired by the serving work")
 
 
+def fraud_threshold(settings: Settings, alias: str = "champion") -> float | None:
+    """The threshold the registered fraud model was trained for (its `threshold` tag)."""
+    from mlops.errors import ModelNotFound
+    from mlops.registry import resolve
+
+    try:
+        tags = resolve(settings, "fraud", alias).tags
+    except ModelNotFound:
+        return None
+    return float(tags["threshold"]) if "threshold" in tags else None
+
+
 def build_engine(settings: Settings, *, config: EngineConfig | None = None) -> DecisionEngine:
     from features.reader import OnlineReader
     from features.store import open_store
@@ -57,7 +69,8 @@ def build_engine(settings: Settings, *, config: EngineConfig | None = None) -> D
         models=build_backend(settings),
         campaigns=FileCampaignStore(ws.world / "campaigns.json"),
         sink=ParquetDecisionSink(ws.decisions),
-        config=config or EngineConfig(seed=settings.seed),
+        config=config or EngineConfig(seed=settings.seed,
+                                      fraud_threshold=fraud_threshold(settings) or 0.5),
     )
 
 
