@@ -20,19 +20,24 @@ lookup costs O(candidates), not O(campaigns).
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from decisioning.budget import BudgetLedger, InMemoryBudgetLedger
+from decisioning.budget import BudgetLedger, InMemoryBudgetLedger, to_micros
 from decisioning.errors import CampaignError
 from decisioning.openrtb import BidRequest, Imp, error_path
+from decisioning.pacing import Pacer
 from decisioning.request_context import RequestFacts, domain_keys
 from features.context import AdRef
+
+logger = logging.getLogger(__name__)
 
 AdFormat = Literal["banner", "video", "native", "audio"]
 
@@ -77,6 +82,7 @@ class Campaign(_Strict):
     cpc: float | None = Field(default=None, gt=0)
     cpa: float | None = Field(default=None, gt=0)
     daily_budget: float | None = Field(default=None, ge=0)   # None: unlimited
+    frequency_cap: int | None = Field(default=None, ge=1)    # impressions/user/day
     status: Literal["active", "paused", "ended"] = "active"
     targeting: Targeting = Field(default_factory=Targeting)
     creatives: list[Creative] = Field(min_length=1)
@@ -141,10 +147,23 @@ def load_campaigns(path: Path) -> CampaignFile:
     try:
         return CampaignFile.model_validate(data)
     except ValidationError as exc:
-        errs = exc.errors(include_url=False, include_context=False)
-        lines = [f"{error_path(e['loc']) or '<root>'}: {e['msg']}" for e in errs[:5]]
-        more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
-        raise CampaignError(f"{path}: invalid campaign file: {'; '.join(lines)}{more}") from None
+        raise CampaignError(f"{path}: invalid campaign file: {describe_errors(exc)}") from None
+
+
+def describe_errors(exc: ValidationError, limit: int = 5) -> str:
+    """``"campaigns[0].cpc: Input should be greater than 0; ..."`` (first ``limit``)."""
+    errs = exc.errors(include_url=False, include_context=False)
+    lines = [f"{error_path(e['loc']) or '<root>'}: {e['msg']}" for e in errs[:limit]]
+    more = f" (and {len(errs) - limit} more)" if len(errs) > limit else ""
+    return "; ".join(lines) + more
+
+
+def validate_campaign(data: object, where: str = "campaign") -> Campaign:
+    """A :class:`Campaign` from a mapping; :class:`CampaignError` names each bad field."""
+    try:
+        return Campaign.model_validate(data)
+    except ValidationError as exc:
+        raise CampaignError(f"{where}: invalid campaign: {describe_errors(exc)}") from None
 
 
 # --------------------------------------------------------------------------- selection
@@ -195,7 +214,7 @@ class Candidate:
 class _Entry:
     candidate: Candidate
     campaign_id: str
-    daily_budget: float | None
+    budget_micros: int | None
     cat_keys: frozenset[str]
     adomain_keys: frozenset[str]
     countries: frozenset[str] | None
@@ -228,7 +247,8 @@ def _entry(c: Campaign, cr: Creative, conversion_rate: float) -> _Entry:
                      value_per_click=c.value_per_click(conversion_rate))
     domains = frozenset(k for d in t.domains for k in domain_keys(d)) if t.domains else None
     return _Entry(
-        candidate=cand, campaign_id=c.campaign_id, daily_budget=c.daily_budget,
+        candidate=cand, campaign_id=c.campaign_id,
+        budget_micros=None if c.daily_budget is None else to_micros(c.daily_budget),
         cat_keys=_cat_keys(cats),
         adomain_keys=frozenset(k for d in c.adomain for k in domain_keys(d)),
         countries=frozenset(x.upper() for x in t.countries) if t.countries else None,
@@ -244,6 +264,7 @@ class _Index:
     sized: dict[tuple[str, int, int], tuple[_Entry, ...]]   # (format, w, h) -> entries
     any_size: dict[str, tuple[_Entry, ...]]                 # unsized creatives by format
     by_format: dict[str, tuple[_Entry, ...]]                # all creatives by format
+    budgets: dict[str, int | None]                          # campaign -> daily budget µ$
 
 
 def _build_index(campaigns: Sequence[Campaign], conversion_rate: float) -> _Index:
@@ -263,9 +284,11 @@ def _build_index(campaigns: Sequence[Campaign], conversion_rate: float) -> _Inde
                 sized.setdefault((cr.format, cr.w, cr.h), []).append(e)
             else:
                 any_size.setdefault(cr.format, []).append(e)
+    budgets = {c.campaign_id: None if c.daily_budget is None else to_micros(c.daily_budget)
+               for c in campaigns}
     return _Index(tuple(campaigns), {k: tuple(v) for k, v in sized.items()},
                   {k: tuple(v) for k, v in any_size.items()},
-                  {k: tuple(v) for k, v in by_format.items()})
+                  {k: tuple(v) for k, v in by_format.items()}, budgets)
 
 
 @runtime_checkable
@@ -273,8 +296,18 @@ class CampaignStore(Protocol):
     """Where the engine finds candidates and records spend."""
 
     def candidates(self, imp: Imp, facts: RequestFacts, blocks: Blocklist, day: date,
-                   limit: int) -> list[Candidate]:
-        """Active, size-matching, targeted, unblocked, in-budget ads; at most ``limit``."""
+                   limit: int, *, now: datetime | None = None) -> list[Candidate]:
+        """Active, size-matching, targeted, unblocked, in-budget (and, given ``now``,
+        paced) ads; at most ``limit``."""
+        ...
+
+    def reserve(self, campaign_id: str, key: str, amount_micros: int, day: date, *,
+                spend: bool = False) -> bool:
+        """Reserve (or spend, with ``spend``) within the campaign's daily budget."""
+        ...
+
+    def release(self, campaign_id: str, key: str) -> None:
+        """Drop a reservation (a bid that was not sent after all)."""
         ...
 
     def record_spend(self, campaign_id: str, amount: float, day: date) -> None: ...
@@ -291,8 +324,12 @@ class IndexedCampaignStore:
 
     def __init__(self, campaigns: Sequence[Campaign] | CampaignFile = (), *,
                  ledger: BudgetLedger | None = None,
-                 conversion_rate: float = DEFAULT_CONVERSION_RATE) -> None:
+                 conversion_rate: float = DEFAULT_CONVERSION_RATE,
+                 pacer: Pacer | None = None) -> None:
         self.ledger: BudgetLedger = ledger if ledger is not None else InMemoryBudgetLedger()
+        self.pacer = pacer
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         self._conversion_rate = conversion_rate
         self._index = _build_index((), conversion_rate)
         self.replace(campaigns.campaigns if isinstance(campaigns, CampaignFile) else campaigns)
@@ -329,32 +366,84 @@ class IndexedCampaignStore:
             yield index.by_format.get("native", ())
 
     def candidates(self, imp: Imp, facts: RequestFacts, blocks: Blocklist, day: date,
-                   limit: int) -> list[Candidate]:
+                   limit: int, *, now: datetime | None = None) -> list[Candidate]:
         out: list[Candidate] = []
-        spent = self.ledger.spent
+        committed = self.ledger.committed_micros
+        pacer = self.pacer if now is not None else None
+        paced: dict[str, bool] = {}
         for bucket in self._buckets(self._index, imp):
             for e in bucket:
                 if not e.eligible(facts, blocks):
                     continue
-                if e.daily_budget is not None and spent(e.campaign_id, day) >= e.daily_budget:
-                    continue
+                budget = e.budget_micros
+                if budget is not None:
+                    spent = committed(e.campaign_id, day)
+                    if spent >= budget:
+                        continue
+                    if pacer is not None and now is not None:
+                        ok = paced.get(e.campaign_id)
+                        if ok is None:      # one draw per campaign per imp
+                            ok = paced[e.campaign_id] = pacer.allow(spent, budget, now)
+                        if not ok:
+                            continue
                 out.append(e.candidate)
                 if len(out) >= limit:
                     return out
         return out
 
+    def budget_micros(self, campaign_id: str) -> int | None:
+        """The campaign's daily budget in micro-dollars (None: unlimited or unknown)."""
+        return self._index.budgets.get(campaign_id)
+
+    def reserve(self, campaign_id: str, key: str, amount_micros: int, day: date, *,
+                spend: bool = False) -> bool:
+        return self.ledger.reserve(campaign_id, key, amount_micros, day,
+                                   budget_micros=self._index.budgets.get(campaign_id),
+                                   spend=spend)
+
+    def release(self, campaign_id: str, key: str) -> None:
+        self.ledger.release(campaign_id, key)
+
     def record_spend(self, campaign_id: str, amount: float, day: date) -> None:
         self.ledger.charge(campaign_id, amount, day)
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the source changed (stores with a source override this)."""
+        return False
+
+    def watch(self, interval_s: float = 5.0) -> None:
+        """Call :meth:`reload_if_changed` every ``interval_s`` in a daemon thread, so
+        edits (``adplatform campaign ...``) reach a running service; a failed reload
+        keeps the current campaigns and is logged."""
+        def run() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.reload_if_changed()
+                except CampaignError as exc:
+                    logger.warning("campaign reload failed (keeping the current ones): %s",
+                                   exc)
+
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=run, name="campaign-watch", daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        """Stop the watcher, then close the ledger."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.ledger.close()
 
 
 class FileCampaignStore(IndexedCampaignStore):
     """An :class:`IndexedCampaignStore` read from a JSON/YAML file, reloadable."""
 
     def __init__(self, path: Path, *, ledger: BudgetLedger | None = None,
-                 conversion_rate: float = DEFAULT_CONVERSION_RATE) -> None:
+                 conversion_rate: float = DEFAULT_CONVERSION_RATE,
+                 pacer: Pacer | None = None) -> None:
         self.path = Path(path)
         self._mtime_ns = 0
-        super().__init__((), ledger=ledger, conversion_rate=conversion_rate)
+        super().__init__((), ledger=ledger, conversion_rate=conversion_rate, pacer=pacer)
         self.reload()
 
     def reload(self) -> None:
@@ -378,5 +467,5 @@ class FileCampaignStore(IndexedCampaignStore):
 __all__ = [
     "DEFAULT_CONVERSION_RATE", "Blocklist", "Campaign", "CampaignFile", "CampaignStore",
     "Candidate", "Creative", "FileCampaignStore", "IndexedCampaignStore", "Targeting",
-    "load_campaigns",
+    "describe_errors", "load_campaigns", "validate_campaign",
 ]

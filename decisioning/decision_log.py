@@ -9,7 +9,6 @@ request path never waits on disk; :class:`MemorySink` keeps them in a list for t
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -21,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from adplatform.eventlog import SCHEMAS, write_events
-from decisioning.errors import DecisionError
+from decisioning.buffered import BufferedParquetWriter
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +95,7 @@ class MemorySink:
             return records_frame(self.records)
 
 
-_PART = re.compile(r"part-(\d+)\.parquet$")
-
-
-class ParquetDecisionSink:
+class ParquetDecisionSink(BufferedParquetWriter[DecisionRecord]):
     """Buffers records; writes ``<root>/decisions/date=…/part-NNNNN.parquet`` files.
 
     A background thread flushes every ``flush_every`` records or ``flush_interval_s``
@@ -109,95 +105,15 @@ class ParquetDecisionSink:
     writer): two processes on one root would race for part numbers.
 
     A failed write keeps its records for the next flush and is logged; :meth:`flush` and
-    :meth:`close` raise it.
+    :meth:`close` raise it. A SIGKILL loses what is buffered: at most ``flush_every``
+    records or ``flush_interval_s`` seconds of them; SIGTERM loses nothing.
     """
 
-    def __init__(self, root: Path, *, flush_every: int = 5000,
-                 flush_interval_s: float | None = 5.0) -> None:
-        if flush_every < 1:
-            raise ValueError("flush_every must be >= 1")
-        self.root = Path(root)
-        self.flush_every = flush_every
-        self.flush_interval_s = flush_interval_s
-        self._buffer: list[DecisionRecord] = []
-        self._lock = threading.Lock()               # guards _buffer and _closing
-        self._wake = threading.Condition(self._lock)
-        self._write_lock = threading.Lock()         # one writer at a time; guards _part
-        self._part = self._next_part()
-        self._inflight = 0
-        self._closing = False
-        self._closed = False
-        self.files_written: list[Path] = []
-        self.write_errors = 0
-        self._thread = threading.Thread(target=self._run, name="decision-log-writer",
-                                        daemon=True)
-        self._thread.start()
+    table = "decisions"
+    what = "decision"
 
-    def _next_part(self) -> int:
-        base = self.root / "decisions"
-        if not base.exists():
-            return 0
-        parts = [int(m.group(1)) for p in base.glob("date=*/part-*.parquet")
-                 if (m := _PART.search(p.name))]
-        return max(parts, default=-1) + 1
-
-    @property
-    def pending(self) -> int:
-        """Records not yet in a file: buffered plus being written."""
-        return len(self._buffer) + self._inflight
-
-    def extend(self, records: Iterable[DecisionRecord]) -> None:
-        with self._lock:
-            if self._closing:
-                raise DecisionError("the decision sink is closed")
-            self._buffer.extend(records)
-            if len(self._buffer) >= self.flush_every:
-                self._wake.notify()
-
-    def flush(self) -> None:
-        """Write everything buffered now; raises if the write fails (records are kept)."""
-        with self._write_lock:
-            with self._lock:
-                rows, self._buffer = self._buffer, []
-                self._inflight = len(rows)
-            if not rows:
-                return
-            try:
-                written = write_events(self.root, "decisions", records_frame(rows),
-                                       part=self._part)
-            except Exception:
-                with self._lock:
-                    self._buffer[:0] = rows
-                    self._inflight = 0
-                self.write_errors += 1
-                raise
-            self._part += 1
-            self.files_written.extend(written)
-            self._inflight = 0
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._closing and len(self._buffer) < self.flush_every:
-                    self._wake.wait(self.flush_interval_s)
-                if self._closing:
-                    return
-            try:
-                self.flush()
-            except Exception:
-                # The records stay buffered for the next try; close() raises if it persists.
-                logger.exception("decision log write failed; %d records kept", self.pending)
-
-    def close(self) -> None:
-        """Stop the writer thread and write what is left. Idempotent."""
-        if self._closed:
-            return
-        with self._lock:
-            self._closing = True
-            self._wake.notify()
-        self._thread.join()
-        self.flush()
-        self._closed = True
+    def _write(self, rows: list[DecisionRecord], part: int) -> list[Path]:
+        return write_events(self.root, "decisions", records_frame(rows), part=part)
 
 
 __all__ = ["DECISION_COLUMNS", "DecisionRecord", "DecisionSink", "MemorySink",

@@ -13,7 +13,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from decisioning.openrtb import BidRequest, Imp, Publisher
-from decisioning.privacy import is_personalised
+from decisioning.privacy import privacy_decision
 from features.context import RequestContext
 
 _ZERO_IFA = frozenset({"", "00000000-0000-0000-0000-000000000000"})
@@ -70,6 +70,7 @@ class RequestFacts:
     personalised: bool
     segments: frozenset[str]        # user segment ids; empty when not personalised
     domain_keys: frozenset[str]     # the domain and its parents, for targeting
+    privacy: str = "ok"             # the privacy decision's reason (PRIVACY_REASONS)
 
 
 def _host(url: str | None) -> str:
@@ -81,7 +82,8 @@ def _host(url: str | None) -> str:
         return ""
 
 
-def request_facts(req: BidRequest) -> RequestFacts:
+def request_facts(req: BidRequest, *, vendor_id: int | None = None) -> RequestFacts:
+    """The imp-independent facts; ``vendor_id`` is our TCF vendor id (None: not checked)."""
     device, user = req.device, req.user
     geo = (device.geo if device is not None else None) or (user.geo if user is not None else None)
     publisher: Publisher | None = None
@@ -105,7 +107,8 @@ def request_facts(req: BidRequest) -> RequestFacts:
         device_id = device_key(device.ifa, ip, ua)
         device_type = device.devicetype or 0
         os_name = device.os or ""
-    personalised = is_personalised(req)
+    privacy = privacy_decision(req, vendor_id=vendor_id)
+    personalised = privacy.personalised
     return RequestFacts(
         user_id=(user.id or "") if user is not None else "",
         device_id=device_id,
@@ -122,6 +125,7 @@ def request_facts(req: BidRequest) -> RequestFacts:
         personalised=personalised,
         segments=user.segment_ids() if user is not None and personalised else frozenset(),
         domain_keys=domain_keys(domain),
+        privacy=privacy.reason,
     )
 
 
@@ -160,5 +164,5 @@ def to_context(req: BidRequest, imp: Imp, now: datetime) -> RequestContext:
     return imp_context(request_facts(req), req.id, imp, now)
 
 
-__all__ = ["RequestFacts", "device_key", "domain_keys", "normalise_domain", "imp_context", "imp_slot", "request_facts",
-           "to_context"]
+__all__ = ["RequestFacts", "device_key", "domain_keys", "imp_context", "imp_slot",
+           "normalise_domain", "request_facts", "to_context"]

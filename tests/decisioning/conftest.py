@@ -154,12 +154,12 @@ EngineFactory = Callable[..., DecisionEngine]
 @pytest.fixture
 def make_engine(campaign_file: Path, clock: ManualClock, sink: MemorySink) -> EngineFactory:
     def make(featurizer: Any = None, models: Any = None, config: EngineConfig | None = None,
-             campaigns: Any = None) -> DecisionEngine:
+             campaigns: Any = None, **deps: Any) -> DecisionEngine:
         return DecisionEngine(
             featurizer=featurizer if featurizer is not None else ZeroFeaturizer(),
             models=models if models is not None else FixedBackend(),
             campaigns=campaigns if campaigns is not None else FileCampaignStore(campaign_file),
-            sink=sink, clock=clock, config=config or EngineConfig(seed=1))
+            sink=sink, clock=clock, config=config or EngineConfig(seed=1), **deps)
     return make
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from decisioning import device_key, is_personalised, parse_request, to_context
 from decisioning.request_context import domain_keys, normalise_domain
+from decisioning.tcf import encode_tc_string
 
 NOW = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
 
@@ -75,8 +76,12 @@ def test_device_key() -> None:
     ({"coppa": 1}, {"consent": "CPX"}, False),
     ({"gdpr": 1}, None, False),
     ({"gdpr": 1}, {"consent": ""}, False),
-    ({"gdpr": 1}, {"consent": "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"}, True),
-    ({"ext": {"gdpr": 1}}, {"ext": {"consent": "CPX"}}, True),     # 2.5 places
+    # A real TCF v2 string whose PurposesConsent field is empty: no personalisation.
+    ({"gdpr": 1}, {"consent": "CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA"}, False),
+    ({"gdpr": 1}, {"consent": encode_tc_string(purposes={1, 2, 3, 4})}, True),
+    ({"ext": {"gdpr": 1}}, {"ext": {"consent": encode_tc_string(purposes={1, 3, 4})}},
+     True),                                                           # 2.5 places
+    ({"ext": {"gdpr": 1}}, {"ext": {"consent": "CPX"}}, False),       # not a TCF string
     ({"ext": {"gdpr": 1}}, {"id": "u"}, False),
     ({"gdpr": 0}, None, True),
 ])

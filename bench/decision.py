@@ -1,0 +1,399 @@
+"""Decision suite: the decision service end to end, against two baselines, open loop.
+
+Setting: single-imp OpenRTB requests from the simulator, 20 candidate ads per auction
+(the bench world's campaigns plus low-value filler campaigns so that every slot has at
+least 20 eligible creatives; ``max_candidates=20``), embedded profile (Feast SQLite
+online store through the cached reader, the ONNX champion in process, in-memory
+budgets), notice URLs on. Every server is one uvicorn process; the open-loop load
+generator (:mod:`bench.loadgen`) runs in its own process.
+
+Rows:
+
+* ``engine alone``: ``DecisionEngine.decide`` in this process (no HTTP), p50/p99;
+* at ``level_rate`` (1,000 req/s): the trivial FastAPI handler, the naive bidder (per
+  request: ``FeatureStore.get_online_features`` for each model's feature service and
+  ``mlflow.pyfunc`` ``predict`` for each registered model), and the decision service,
+  with the decision service's ratios against both;
+* a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors);
+* a soak at ``level_rate`` for ``soak_s`` seconds: zero errors, and the decision log
+  (flushed by SIGTERM) holds exactly one record per answered request.
+
+Goals (a quiet machine): p50 ≤ 1 ms and p99 ≤ 3 ms at 1,000 req/s, engine alone
+p99 ≤ 1 ms, ≥ 2,000 req/s within p99 ≤ 10 ms. ``--quick`` shortens every phase.
+Run: ``python -m bench.decision [--quick]`` (or through ``python -m bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adplatform.config import Settings
+from bench.harness import Row, Server, free_port, with_ratios
+from bench.loadgen import LoadResult, run_load, wait_until_healthy
+
+PATH = "/openrtb/2.6/bid"
+P99_BUDGET_MS = 10.0
+K = 20
+_SIZES = (("banner", 300, 250), ("banner", 320, 50), ("banner", 728, 90),
+          ("banner", 160, 600), ("video", 640, 480))
+
+
+@dataclass(frozen=True)
+class DecisionBenchConfig:
+    level_rate: float = 1000.0
+    level_s: float = 10.0
+    ladder: tuple[float, ...] = (250.0, 500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0,
+                                 4000.0)
+    step_s: float = 5.0
+    soak_s: float = 60.0
+    warmup_s: float = 2.0
+    engine_n: int = 20_000
+    n_bodies: int = 5000
+    seed: int = 99
+
+    @classmethod
+    def quick(cls) -> DecisionBenchConfig:
+        return cls(level_s=3.0, ladder=(500.0, 1000.0, 2000.0, 3000.0), step_s=2.0,
+                   soak_s=10.0, warmup_s=1.0, engine_n=3000, n_bodies=2000)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def bench_campaigns(world: Settings, out: Path) -> Path:
+    """The world's campaigns (budgets lifted: the bench measures latency, not pacing)
+    plus five untargeted low-value fillers with four creatives per slot size."""
+    doc = json.loads((world.workspace.world / "campaigns.json").read_text())
+    for c in doc["campaigns"]:
+        if c.get("daily_budget") is not None:
+            c["daily_budget"] = 1e9
+    for i in range(5):
+        creatives = [{"creative_id": f"bench{i}{fmt[0]}{w}x{h}{j}", "format": fmt, "w": w,
+                      "h": h, "topic": (i + j) % 8, "cat": [], "adm": "<div>bench</div>"}
+                     for fmt, w, h in _SIZES for j in range(4)]
+        doc["campaigns"].append({
+            "campaign_id": f"bench{i}", "advertiser": "bench filler",
+            "adomain": [f"filler{i}.example"], "cat": ["IAB3"], "goal": "cpc",
+            "cpc": 0.01 + i / 1000, "daily_budget": None, "status": "active",
+            "targeting": {}, "creatives": creatives})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc))
+    return out
+
+
+def request_bodies(world: Settings, n: int, seed: int) -> list[bytes]:
+    from simulator import LiveExchange
+
+    live = LiveExchange.from_workspace(world.workspace, session=seed)
+    return [json.dumps(r).encode() for r in live.requests(n)]
+
+
+def build_decision_service(world: Settings, campaigns: Path, log_root: Path,
+                           notice_base_url: str) -> Any:
+    from decisioning.engine import EngineConfig
+    from decisioning.service import build_service
+    from features.reader import OnlineReader
+    from features.store import open_store
+    from mlops.serve import build_backend
+
+    return build_service(world, featurizer=OnlineReader(open_store(world),
+                                                        shared_data=world.shared_data),
+                         models=build_backend(world), campaigns_path=campaigns,
+                         log_root=log_root, notice_base_url=notice_base_url,
+                         config=EngineConfig(seed=world.seed, max_candidates=K))
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def serve_decision(home: str, port: int, campaigns: str, log_root: str) -> None:
+    """Subprocess entry: the decision service as ``adplatform serve`` would run it."""
+    from decisioning.app import create_app
+    from decisioning.server import serve
+
+    world = Settings(home=Path(home))  # type: ignore[call-arg]
+    svc = build_decision_service(world, Path(campaigns), Path(log_root),
+                                 f"http://127.0.0.1:{port}/notice")
+    serve(create_app(svc.engine, notices=svc.notices), host="127.0.0.1", port=port)
+
+
+def create_naive_app(world: Settings, campaigns: Path) -> Any:
+    """What a Feast + MLflow user would write first: per request and per model, one
+    ``get_online_features`` on the model's feature service and one pyfunc ``predict``."""
+    from datetime import UTC, datetime
+
+    import mlflow
+    import orjson
+    from fastapi import FastAPI, Request, Response
+
+    from decisioning.campaigns import Blocklist, FileCampaignStore
+    from decisioning.openrtb import parse_request
+    from decisioning.request_context import imp_context, request_facts
+    from features.ivt import ivt_columns
+    from features.reader import context_columns
+    from features.store import open_store
+    from features.vectorize import (
+        CTR_RAW,
+        FRAUD_RAW,
+        SHADING_RAW,
+        ctr_matrix,
+        fraud_matrix,
+        shading_matrix,
+    )
+    from mlops.errors import ModelNotFound
+    from mlops.registry import configure, resolve
+
+    store = open_store(world)
+    configure(world)
+    services = {"ctr": "ctr_v1", "fraud": "fraud_v1", "shading": "shading_v1"}
+    models: dict[str, Any] = {}
+    for name in services:
+        try:
+            resolve(world, name)
+        except ModelNotFound:
+            continue
+        models[name] = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    fs = {name: store.get_feature_service(services[name]) for name in models}
+    camp = FileCampaignStore(campaigns)
+    app = FastAPI()
+
+    def column(d: dict[str, list[Any]], f: str, n: int) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in d.get(f, [None] * n)],
+                          dtype=np.float64)
+
+    def predict(name: str, x: np.ndarray) -> np.ndarray:
+        out = models[name].predict(x)
+        first = next(iter(out.values())) if isinstance(out, dict) else out
+        return np.asarray(first, dtype=np.float64).reshape(-1)
+
+    @app.post(PATH)
+    async def bid(request: Request) -> Response:
+        req = parse_request(await request.body())
+        now = datetime.now(UTC)
+        imp = req.imp[0]
+        facts = request_facts(req)
+        cands = camp.candidates(imp, facts, Blocklist.from_request(req), now.date(), K)
+        if not cands:
+            return Response(status_code=204)
+        ctx = imp_context(facts, req.id, imp, now)
+        ads = [c.ad for c in cands]
+        k = len(ads)
+        rows = [{"user_id": ctx.user_id, "creative_id": a.creative_id,
+                 "publisher_id": ctx.publisher_id} for a in ads]
+        d = store.get_online_features(features=fs["ctr"], entity_rows=rows).to_dict()
+        raw = {f: column(d, f, k) for f in CTR_RAW}
+        pctr = predict("ctr", ctr_matrix({**raw, **context_columns(ctx, ads)}))
+        one = {k_: v[:1] for k_, v in context_columns(ctx, ads[:1]).items()}
+        if "fraud" in models:
+            d = store.get_online_features(features=fs["fraud"], entity_rows=[
+                {"ip": ctx.ip, "device_id": ctx.device_id}]).to_dict()
+            predict("fraud", fraud_matrix({**{f: column(d, f, 1) for f in FRAUD_RAW}, **one,
+                                           **ivt_columns([ctx.ip], [ctx.ua], None)}))
+        if "shading" in models:
+            d = store.get_online_features(features=fs["shading"], entity_rows=[
+                {"publisher_id": ctx.publisher_id}]).to_dict()
+            predict("shading", shading_matrix({**{f: column(d, f, 1) for f in SHADING_RAW},
+                                               **one}))
+        values = pctr * np.array([c.value_per_click for c in cands])
+        best = int(np.argmax(values))
+        price = float(values[best]) * 0.7
+        if price < imp.bidfloor or price <= 0:
+            return Response(status_code=204)
+        c = cands[best]
+        body = {"id": req.id, "cur": "USD", "seatbid": [{"bid": [{
+            "id": f"{req.id}-1", "impid": imp.id, "price": price,
+            "crid": c.creative.creative_id, "cid": c.campaign.campaign_id,
+            "adomain": list(c.adomain)}]}]}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def serve_naive(home: str, port: int, campaigns: str) -> None:
+    import uvicorn
+
+    app = create_naive_app(Settings(home=Path(home)), Path(campaigns))  # type: ignore[call-arg]
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def _row(target: str, baseline: str, res: LoadResult, **extra: float | str) -> Row:
+    return Row(suite="decision", target=target, baseline=baseline, rate=res.rate,
+               p50_ms=res.percentile(50), p99_ms=res.percentile(99),
+               throughput=res.achieved_rps, errors=res.errors,
+               extra={"sent": res.sent, "statuses": str(res.statuses), **extra})
+
+
+def engine_alone(world: Settings, campaigns: Path, bodies: list[bytes], n: int,
+                 log_root: Path) -> Row:
+    """``decide`` in process: the engine's own cost (features, model, pricing, log)."""
+    from decisioning.openrtb import parse_request
+
+    svc = build_decision_service(world, campaigns, log_root, "http://127.0.0.1:1/notice")
+    engine = svc.engine
+    reqs = [parse_request(b) for b in bodies]
+    for r in reqs[:500]:
+        engine.decide(r, engine.clock.monotonic())
+    gc.collect()
+    gc.freeze()
+    lat = np.empty(n)
+    parse = np.empty(min(n, len(bodies)))
+    for i in range(len(parse)):
+        t0 = time.perf_counter()
+        parse_request(bodies[i])
+        parse[i] = time.perf_counter() - t0
+    t_start = time.perf_counter()
+    for i in range(n):
+        r = reqs[i % len(reqs)]
+        t0 = time.perf_counter()
+        engine.decide(r, t0)
+        lat[i] = time.perf_counter() - t0
+    rps = n / (time.perf_counter() - t_start)
+    stats = engine.stats()
+    svc.close()
+    gc.unfreeze()
+    lat *= 1000.0
+    return Row(suite="decision", target="engine alone (decide, in process)", baseline="-",
+               rate=None, p50_ms=float(np.percentile(lat, 50)),
+               p99_ms=float(np.percentile(lat, 99)), throughput=rps,
+               extra={"parse_p50_ms": float(np.percentile(parse, 50) * 1000),
+                      "parse_p99_ms": float(np.percentile(parse, 99) * 1000),
+                      "bids": stats.get("bids", 0), "decisions": stats.get("decisions", 0),
+                      "goal_p99_ms": 1.0})
+
+
+def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig
+            ) -> tuple[list[Row], float]:
+    rows, best = [], 0.0
+    for rate in cfg.ladder:
+        res = run_load("127.0.0.1", port, PATH, bodies, rate=rate, duration_s=cfg.step_s)
+        ok = res.errors == 0 and res.percentile(99) <= P99_BUDGET_MS
+        rows.append(_row(f"{name}: ladder step", "-", res, within_budget=str(ok)))
+        if not ok:
+            break
+        best = rate
+    return rows, best
+
+
+def _log_records(log_root: Path) -> int:
+    from adplatform.eventlog import read_events
+
+    return len(read_events(log_root, "decisions"))
+
+
+def run(settings: Settings, world: Settings, *,
+        config: DecisionBenchConfig | None = None) -> list[Row]:
+    """Every phase (see the module docstring); ``world`` is a trained workspace."""
+    cfg = config or DecisionBenchConfig()
+    out = settings.workspace.root / "bench" / "decision"
+    out.mkdir(parents=True, exist_ok=True)
+    campaigns = bench_campaigns(world, out / "campaigns.json")
+    bodies = request_bodies(world, cfg.n_bodies, cfg.seed)
+    rows: list[Row] = [engine_alone(world, campaigns, bodies, cfg.engine_n,
+                                    out / f"engine-log-{os.getpid()}")]
+    env = {"ADPLATFORM_HOME": str(world.workspace.root)}
+    home = str(world.workspace.root)
+    ports = {"trivial": free_port(), "naive": free_port(), "decision": free_port()}
+    log_root = out / f"log-{int(time.time())}"
+    codes = {
+        "trivial": ("import uvicorn; from bench.trivial_app import create_app; "
+                    f"uvicorn.run(create_app(), host='127.0.0.1', port={ports['trivial']}, "
+                    "log_level='warning', access_log=False)"),
+        "naive": (f"from bench.decision import serve_naive; serve_naive({home!r}, "
+                  f"{ports['naive']}, {str(campaigns)!r})"),
+        "decision": (f"from bench.decision import serve_decision; serve_decision({home!r}, "
+                     f"{ports['decision']}, {str(campaigns)!r}, {str(log_root)!r})"),
+    }
+    names = {"trivial": "trivial FastAPI handler", "naive": "naive bidder (Feast + pyfunc)",
+             "decision": "decision service"}
+    level: dict[str, Row] = {}
+    best: dict[str, float] = {}
+    with Server(codes["trivial"], env, out / "trivial.log"), \
+            Server(codes["naive"], env, out / "naive.log"), \
+            Server(codes["decision"], env, out / "decision.log"):
+        health = {"trivial": "/healthz", "naive": "/healthz", "decision": "/readyz"}
+        for key, port in ports.items():
+            wait_until_healthy(f"http://127.0.0.1:{port}{health[key]}", timeout_s=180)
+            run_load("127.0.0.1", port, PATH, bodies, rate=200, duration_s=cfg.warmup_s)
+        for key in ("trivial", "naive", "decision"):
+            res = run_load("127.0.0.1", ports[key], PATH, bodies, rate=cfg.level_rate,
+                           duration_s=cfg.level_s)
+            level[key] = _row(names[key], "-", res)
+        rows += [level["trivial"], level["naive"]]
+        rows.append(with_ratios(replace(level["decision"], baseline=names["trivial"]),
+                                level["trivial"]))
+        rows.append(with_ratios(replace(level["decision"], baseline=names["naive"],
+                                        extra=dict(level["decision"].extra)), level["naive"]))
+        for key in ("trivial", "naive", "decision"):
+            ladder_rows, best[key] = _ladder(ports[key], names[key], bodies, cfg)
+            rows += ladder_rows
+    for key in ("trivial", "naive", "decision"):
+        rows.append(Row(suite="decision", target=f"{names[key]}: highest rate, p99 <= 10 ms",
+                        baseline="-", rate=best[key], p50_ms=float("nan"),
+                        p99_ms=float("nan"), throughput=best[key]))
+    rows.append(_soak(world, campaigns, bodies, cfg, out, env))
+    return rows
+
+
+def _soak(world: Settings, campaigns: Path, bodies: list[bytes], cfg: DecisionBenchConfig,
+          out: Path, env: dict[str, str]) -> Row:
+    """A fresh decision service, ``soak_s`` at the level rate, stopped with SIGTERM."""
+    port = free_port()
+    log_root = out / f"soak-log-{int(time.time())}"
+    code = (f"from bench.decision import serve_decision; serve_decision("
+            f"{str(world.workspace.root)!r}, {port}, {str(campaigns)!r}, {str(log_root)!r})")
+    with Server(code, env, out / "soak.log"):
+        wait_until_healthy(f"http://127.0.0.1:{port}/readyz", timeout_s=180)
+        warm = run_load("127.0.0.1", port, PATH, bodies, rate=200, duration_s=cfg.warmup_s)
+        res = run_load("127.0.0.1", port, PATH, bodies, rate=cfg.level_rate,
+                       duration_s=cfg.soak_s)
+    answers = len(warm.latencies_ms) + len(res.latencies_ms)
+    records = _log_records(log_root)
+    return _row(f"decision service soak {cfg.soak_s:.0f} s", "-", res, answers=answers,
+                log_records=records, log_equals_answers=str(records == answers),
+                errors_total=res.errors + warm.errors)
+
+
+def main() -> None:
+    from rich.console import Console
+
+    from adplatform.config import get_settings
+    from bench.__main__ import bench_world
+    from bench.harness import print_table, write_json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.decision")
+    parser.add_argument("--quick", action="store_true", help="short phases (development)")
+    parser.add_argument("--level-rate", type=float, default=1000.0)
+    parser.add_argument("--soak", type=float, default=None, help="soak seconds")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = DecisionBenchConfig.quick() if args.quick else DecisionBenchConfig()
+    cfg = replace(cfg, level_rate=args.level_rate,
+                  soak_s=args.soak if args.soak is not None else cfg.soak_s)
+    console = Console(width=170)
+    settings = get_settings()
+    rows = run(settings, bench_world(settings, console), config=cfg)
+    print_table(console, rows, "bench: decision")
+    console.print(f"wrote {write_json(rows, settings.workspace.root / 'bench', 'decision')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""A buffered, background-flushed writer of day-partitioned parquet parts.
+
+Subclasses say how a list of rows becomes files (:meth:`BufferedParquetWriter._write`);
+this class owns the buffer, the writer thread and the part numbers:
+
+* rows are appended under a lock (the request path never waits on disk);
+* a daemon thread flushes every ``flush_every`` rows or ``flush_interval_s`` seconds;
+* each flush takes the next part number (after the highest under ``root/<table>``),
+  so flushes and restarts never overwrite a file;
+* a failed write keeps its rows for the next flush (logged); :meth:`flush` and
+  :meth:`close` raise it.
+
+What a SIGKILL loses: the rows not yet flushed, i.e. at most ``flush_every`` rows or
+``flush_interval_s`` seconds of them (plus a write in progress). SIGTERM (uvicorn's
+graceful shutdown runs the app lifespan, which calls :meth:`close`) loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from decisioning.errors import DecisionError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_PART = re.compile(r"part-(\d+)\.parquet$")
+
+
+def next_part(base: Path) -> int:
+    """One more than the highest ``part-N.parquet`` under ``base/date=*``; 0 if none."""
+    if not base.exists():
+        return 0
+    parts = [int(m.group(1)) for p in base.glob("date=*/part-*.parquet")
+             if (m := _PART.search(p.name))]
+    return max(parts, default=-1) + 1
+
+
+class BufferedParquetWriter(Generic[T]):
+    """Buffers rows of type ``T``; a background thread writes them as parquet parts."""
+
+    table = "rows"
+    what = "rows"
+
+    def __init__(self, root: Path, *, flush_every: int = 5000,
+                 flush_interval_s: float | None = 5.0) -> None:
+        if flush_every < 1:
+            raise ValueError("flush_every must be >= 1")
+        self.root = Path(root)
+        self.flush_every = flush_every
+        self.flush_interval_s = flush_interval_s
+        self._buffer: list[T] = []
+        self._lock = threading.Lock()               # guards _buffer and _closing
+        self._wake = threading.Condition(self._lock)
+        self._write_lock = threading.Lock()         # one writer at a time; guards _part
+        self._part = next_part(self.root / self.table)
+        self._inflight = 0
+        self._closing = False
+        self._closed = False
+        self.files_written: list[Path] = []
+        self.write_errors = 0
+        self.rows_written = 0
+        self._thread = threading.Thread(target=self._run, name=f"{self.table}-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _write(self, rows: list[T], part: int) -> list[Path]:
+        raise NotImplementedError
+
+    @property
+    def pending(self) -> int:
+        """Rows not yet in a file: buffered plus being written."""
+        return len(self._buffer) + self._inflight
+
+    def extend(self, rows: Iterable[T]) -> None:
+        with self._lock:
+            if self._closing:
+                raise DecisionError(f"the {self.what} sink is closed")
+            self._buffer.extend(rows)
+            if len(self._buffer) >= self.flush_every:
+                self._wake.notify()
+
+    def flush(self) -> None:
+        """Write everything buffered now; raises if the write fails (rows are kept)."""
+        with self._write_lock:
+            with self._lock:
+                rows, self._buffer = self._buffer, []
+                self._inflight = len(rows)
+            if not rows:
+                return
+            try:
+                written = self._write(rows, self._part)
+            except Exception:
+                with self._lock:
+                    self._buffer[:0] = rows
+                    self._inflight = 0
+                self.write_errors += 1
+                raise
+            self._part += 1
+            self.files_written.extend(written)
+            self.rows_written += len(rows)
+            self._inflight = 0
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._closing and len(self._buffer) < self.flush_every:
+                    self._wake.wait(self.flush_interval_s)
+                if self._closing:
+                    return
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - rows stay buffered; close() raises if it persists
+                logger.exception("%s log write failed; %d rows kept", self.what, self.pending)
+
+    def close(self) -> None:
+        """Stop the writer thread and write what is left. Idempotent."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        self.flush()
+        self._closed = True
+
+
+__all__ = ["BufferedParquetWriter", "next_part"]

@@ -1,0 +1,121 @@
+"""Assembling the decision service from settings: engine, notices, stores, sinks.
+
+The caller brings what belongs to other packages (the featurizer, the model
+backends); this module picks the state stores by profile:
+
+==================  ==============================  ===================================
+part                embedded                        services
+==================  ==============================  ===================================
+campaigns           FileCampaignStore (world/…)     PostgresCampaignStore (watched)
+budgets             InMemoryBudgetLedger            RedisBudgetLedger
+frequency caps      InMemoryFrequencyCounter        RedisFrequencyCounter
+notice dedupe       InMemoryNoticeDedupe            RedisNoticeDedupe
+decision log        ParquetDecisionSink             NatsDecisionSink (spills to parquet)
+notice log          ParquetNoticeSink               ParquetNoticeSink
+==================  ==============================  ===================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from adplatform.config import Settings
+from decisioning.budget import BudgetLedger, InMemoryBudgetLedger
+from decisioning.campaigns import CampaignStore, FileCampaignStore
+from decisioning.clock import Clock
+from decisioning.decision_log import DecisionSink, ParquetDecisionSink
+from decisioning.engine import DecisionEngine, EngineConfig
+from decisioning.experiments import Experiment
+from decisioning.frequency import FrequencyCounter, InMemoryFrequencyCounter
+from decisioning.notices import (
+    InMemoryNoticeDedupe,
+    NoticeDedupe,
+    NoticeService,
+    ParquetNoticeSink,
+)
+from decisioning.pacing import Pacer
+from decisioning.pricing import BidPricer
+from features.featurizer import AuctionFeaturizer
+from serving.base import ModelBackend
+
+
+@dataclass
+class DecisionService:
+    engine: DecisionEngine
+    notices: NoticeService
+
+    def close(self) -> None:
+        try:
+            self.engine.close()
+        finally:
+            self.notices.close()
+
+
+def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: ModelBackend,
+                  config: EngineConfig | None = None,
+                  backends: Mapping[str, ModelBackend] | None = None,
+                  fallback_models: ModelBackend | None = None,
+                  experiment: Experiment | None = None, pricer: BidPricer | None = None,
+                  pacer: Pacer | None = None, clock: Clock | None = None,
+                  log_root: Path | None = None, notice_base_url: str | None = None,
+                  campaigns_path: Path | None = None,
+                  redis_prefix: str = "adp", postgres_schema: str = "adplatform",
+                  shadow: bool = False) -> DecisionService:
+    """The engine and notice service for ``settings.profile`` (see the module table).
+
+    ``log_root`` holds ``decisions/``, ``notices/`` and ``shadow/decisions`` (default:
+    the workspace's decision log folder). ``notice_base_url`` (e.g.
+    ``http://bidder.example:8080/notice``) turns notice URLs on, and with them
+    spend-on-billing. ``campaigns_path``: the campaign file of the embedded profile
+    (default ``world/campaigns.json``).
+    """
+    ws = settings.workspace.ensure()
+    root = Path(log_root) if log_root is not None else ws.decisions
+    cfg = config or EngineConfig(seed=settings.seed)
+    if notice_base_url is not None:
+        cfg = replace(cfg, notice_base_url=notice_base_url)
+    ledger: BudgetLedger
+    frequency: FrequencyCounter
+    dedupe: NoticeDedupe
+    campaigns: CampaignStore
+    sink: DecisionSink
+    if settings.profile == "services":
+        from decisioning.campaign_repo import PostgresCampaignRepository, PostgresCampaignStore
+        from decisioning.frequency import RedisFrequencyCounter
+        from decisioning.nats_sink import NatsDecisionSink
+        from decisioning.notices import RedisNoticeDedupe
+        from decisioning.redis_budget import RedisBudgetLedger, redis_client
+
+        client = redis_client(settings.redis_url)
+        ledger = RedisBudgetLedger(client, prefix=redis_prefix)
+        frequency = RedisFrequencyCounter(client, prefix=redis_prefix)
+        dedupe = RedisNoticeDedupe(client, prefix=redis_prefix)
+        pg = PostgresCampaignStore(
+            PostgresCampaignRepository(settings.postgres_dsn, schema=postgres_schema),
+            ledger=ledger, pacer=pacer)
+        pg.watch()
+        campaigns = pg
+        sink = NatsDecisionSink(settings.nats_url, spill=ParquetDecisionSink(root))
+    else:
+        ledger = InMemoryBudgetLedger(clock=clock)
+        frequency = InMemoryFrequencyCounter()
+        dedupe = InMemoryNoticeDedupe()
+        fcs = FileCampaignStore(campaigns_path or ws.world / "campaigns.json",
+                                ledger=ledger, pacer=pacer)
+        fcs.watch()
+        campaigns = fcs
+        sink = ParquetDecisionSink(root)
+    engine = DecisionEngine(
+        featurizer=featurizer, models=models, campaigns=campaigns, sink=sink, clock=clock,
+        config=cfg, pricer=pricer, backends=backends, fallback_models=fallback_models,
+        experiment=experiment, frequency=frequency,
+        shadow_sink=ParquetDecisionSink(root / "shadow") if shadow else None)
+    notices = NoticeService(ledger=ledger, dedupe=dedupe, sink=ParquetNoticeSink(root),
+                            frequency=frequency, clock=clock, currency=cfg.currency,
+                            fx_rates=cfg.fx_rates)
+    return DecisionService(engine, notices)
+
+
+__all__ = ["DecisionService", "build_service"]
