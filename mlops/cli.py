@@ -272,6 +272,7 @@ def serving_bento(
 
 
 def _register_plugins() -> None:
+    from decisioning.campaign_cli import register as register_campaigns
     from features.audience.cli import register as register_audience
     from mlops.reports.cli import register as register_reports
     from simulator.cli import register
@@ -279,6 +280,7 @@ def _register_plugins() -> None:
     register(app)
     register_audience(app)
     register_reports(app)
+    register_campaigns(app)
 
 
 def main() -> None:
