@@ -15,7 +15,7 @@ from rich.console import Console
 from adplatform.config import Settings, get_settings
 from bench.harness import print_table, write_json
 
-SUITES = ("features", "http", "serving")
+SUITES = ("features", "http", "serving", "decision")
 
 
 def bench_world(settings: Settings, console: Console) -> Settings:
@@ -43,13 +43,18 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=170)
     settings = get_settings()
-    world = bench_world(settings, console) if {"http", "serving"} & set(args.suites) else settings
+    world = (bench_world(settings, console) if {"http", "serving", "decision"} & set(args.suites)
+             else settings)
     out = settings.workspace.root / "bench"
     for suite in args.suites:
         if suite == "http":
             from bench import http
 
             rows = http.run(world, rates=args.rates, duration_s=args.duration, seed=99)
+        elif suite == "decision":
+            from bench import decision
+
+            rows = decision.run(settings, world)
         elif suite == "serving":
             from bench import serving
 
