@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import Request
 
 from adplatform.config import Settings
 from bench.harness import Row, Server, free_port, with_ratios
-from bench.loadgen import LoadResult, run_load, wait_until_healthy
+from bench.loadgen import LoadResult, wait_until_healthy
 
 PATH = "/openrtb/2.6/bid"
 P99_BUDGET_MS = 10.0
@@ -134,7 +135,7 @@ def create_naive_app(world: Settings, campaigns: Path) -> Any:
 
     import mlflow
     import orjson
-    from fastapi import FastAPI, Request, Response
+    from fastapi import FastAPI, Response
 
     from decisioning.campaigns import Blocklist, FileCampaignStore
     from decisioning.openrtb import parse_request
@@ -230,6 +231,36 @@ def serve_naive(home: str, port: int, campaigns: str) -> None:
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _precise_worker(q: Any, args: tuple[Any, ...]) -> None:
+    import asyncio
+
+    from bench.loadgen import _run
+
+    # The default asyncio loop: loop.time() is time.monotonic() (sub-microsecond);
+    # uvloop's loop.time() counts whole milliseconds, which would round every latency.
+    q.put(asyncio.run(_run(*args)))
+
+
+def run_load(host: str, port: int, path: str, bodies: list[bytes], *, rate: float,
+             duration_s: float, max_conns: int = 256) -> LoadResult:
+    """:func:`bench.loadgen.run_load` (same open-loop schedule, own process) on a
+    clock with sub-millisecond resolution."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_precise_worker,
+                    args=(q, (host, port, path, bodies, rate, duration_s, {}, max_conns)),
+                    daemon=True)
+    p.start()
+    res: LoadResult = q.get(timeout=duration_s + 90)
+    p.join(timeout=10)
+    return res
 
 
 # --------------------------------------------------------------------------- phases

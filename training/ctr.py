@@ -63,7 +63,7 @@ from models.lgbm_onnx import (
     require_parity,
     stress_rows,
 )
-from training.datasets import impressions, with_features
+from training.datasets import ImpressionFrame, impressions, with_features
 from training.metrics import auc, logloss
 
 if TYPE_CHECKING:
@@ -131,6 +131,9 @@ class CTRDataConfig:
     calibration: str = "platt"
     # Rows to drop (True = invalid traffic); None keeps everything. See the module doc.
     exclude: ExcludeFn | None = general_ivt_filter
+    # Also drop what models:/fraud@fraud_alias flags (training.fraud.ivt_mask), when that
+    # version exists; None: the ``exclude`` rules alone.
+    fraud_alias: str | None = "champion"
     propensity_weighting: bool = False    # see the module doc: not needed for P(click | x, ad)
     max_weight: float = 20.0              # 1/propensity is clipped at this x its median
     seed: int = 7
@@ -194,15 +197,26 @@ def ctr_frame(settings: Settings) -> pd.DataFrame:
     frame = impressions(root)
     if frame.df.empty:
         raise DataError(f"no impressions under {settings.workspace.events}: simulate first")
-    df = with_features(open_store(settings), frame, FEATURE_SERVICE)
     keys = ["request_id", "imp_id"]
+    # Feast carries every entity-frame column through its point-in-time join; send only
+    # the join keys and timestamps (strings like the user agent would multiply its memory).
+    slim = ImpressionFrame(frame.df[[*keys, "user_id", "creative_id", "publisher_id",
+                                     "event_timestamp"]])
+    joined = with_features(open_store(settings), slim, FEATURE_SERVICE)
+    df = frame.df.merge(joined.drop(columns=["user_id", "creative_id", "publisher_id",
+                                             "event_timestamp"]), on=keys, how="left")
     clk = read_events(settings.workspace.events, "clicks")[[*keys, "ts"]]
     clk = clk.merge(df[[*keys, "ts"]].rename(columns={"ts": "imp_ts"}), on=keys)
     clk["delay"] = (clk["ts"] - clk["imp_ts"]).dt.total_seconds()
     outcome = clk.groupby(keys).agg(n_clicks=("delay", "size"), click_delay_s=("delay", "min"))
     df = df.merge(outcome.reset_index(), on=keys, how="left")
     df["n_clicks"] = df["n_clicks"].fillna(0).astype(np.int64)
-    dec = read_events(settings.workspace.events, "decisions")[[*keys, "propensity"]]
+    # Simulated traffic logs its decisions with the events; live traffic in the decision
+    # service's log. Both carry the logging policy's propensity of the shown ad.
+    logs = [read_events(root_, "decisions") for root_ in
+            (settings.workspace.events, settings.workspace.decisions)]
+    dec = pd.concat([d[[*keys, "propensity"]] for d in logs if not d.empty]
+                    or [logs[0][[*keys, "propensity"]]], ignore_index=True)
     df = df.merge(dec.drop_duplicates(keys), on=keys, how="left")
     truth = read_events(settings.workspace.truth, "truth")
     if not truth.empty:
@@ -248,10 +262,17 @@ def prepare_ctr_data(settings: Settings, cfg: CTRDataConfig,
     df = ctr_frame(settings) if frame is None else frame
     stats: dict[str, float] = {}
     excluded = 0
+    drop = np.zeros(len(df), dtype=bool)
     if cfg.exclude is not None:
         drop = np.asarray(cfg.exclude(df), dtype=bool)
         if drop.shape != (len(df),):
             raise DataError(f"exclude returned shape {drop.shape}, expected ({len(df)},)")
+    fraud = fraud_model_mask(settings, df, cfg.fraud_alias)
+    if fraud is not None:
+        stats["fraud_model_flagged"] = float(fraud.sum())
+        stats["fraud_model_only"] = float((fraud & ~drop).sum())
+        drop = drop | fraud
+    if cfg.exclude is not None or fraud is not None:
         excluded = int(drop.sum())
         if "is_bot" in df:       # how good the hook is, from simulator truth (evaluation)
             bot = df["is_bot"].fillna(False).to_numpy(dtype=bool)
@@ -279,6 +300,21 @@ def prepare_ctr_data(settings: Settings, cfg: CTRDataConfig,
              len(train), len(calib), len(test), excluded)
     return CTRData(train=_split(train, cfg), calib=_split(calib, cfg), test=_split(test, cfg),
                    excluded=excluded, window=window, truth="true_ctr" in df, stats=stats)
+
+
+def fraud_model_mask(settings: Settings, df: pd.DataFrame, alias: str | None
+                     ) -> np.ndarray | None:
+    """Rows of ``df`` that ``models:/fraud@alias`` flags as invalid; None without that model."""
+    if alias is None:
+        return None
+    from mlops.errors import ModelNotFound
+    from training.fraud import ivt_mask
+
+    try:
+        return ivt_mask(settings, df, alias=alias, fallback_rules=False)
+    except ModelNotFound:
+        log.info("ctr data: no fraud@%s registered; invalid traffic by the rules alone", alias)
+        return None
 
 
 def quality_metrics(y: np.ndarray, p: np.ndarray, base_rate: float,
@@ -398,7 +434,7 @@ def log_ctr_model(settings: Settings, onnx_model: onnx.ModelProto, *, run_name: 
     tags = {"feature_service": FEATURE_SERVICE, "training_window": data.window,
             "code_version": code_version(), "flavor": flavor, "input": INPUT_NAME,
             "output": OUTPUT_NAME, "calibration": calibrator.method,
-            "exclude": _jsonable(config)["exclude"]}
+            "exclude": _jsonable(config)["exclude"], "fraud_alias": str(config.fraud_alias)}
     ensure_experiment(settings, MODEL_NAME)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params(_jsonable(config))
@@ -474,6 +510,6 @@ def train_ctr(settings: Settings, config: CTRConfig | None = None, *,
 
 __all__ = ["FEATURE_SERVICE", "INPUT_NAME", "MODEL_NAME", "OUTPUT_NAME", "CTRConfig", "CTRData",
            "CTRDataConfig", "CTRResult", "CTRSplit", "ExcludeFn", "check_parity", "ctr_features",
-           "ctr_frame", "ctr_unseen_categories", "evaluate_ctr", "fit_lgbm",
+           "ctr_frame", "ctr_unseen_categories", "evaluate_ctr", "fit_lgbm", "fraud_model_mask",
            "general_ivt_filter", "log_ctr_model", "prepare_ctr_data", "quality_metrics",
            "train_ctr"]

@@ -190,7 +190,7 @@ def test_models_reject_auctions_that_do_not_fit(model_files: dict[str, Path]) ->
         models.score(AuctionInputs(ctr=np.zeros((4, 5), np.float32)))
     with pytest.raises(InvalidAuction, match="fraud must be one row"):
         models.score(AuctionInputs(ctr=good.ctr, fraud=np.zeros((2, F_FRAUD), np.float32)))
-    with pytest.raises(InvalidAuction, match="shading has 3 rows, ctr has 4"):
+    with pytest.raises(InvalidAuction, match=r"shading has 3 rows; expected 1 \(per auction\) or 4"):
         models.score(AuctionInputs(ctr=good.ctr, shading=np.zeros((3, F_SHADING), np.float32)))
     with pytest.raises(InvalidAuction, match="matrix"):
         models.score(AuctionInputs(ctr=np.zeros(F_CTR, np.float32)))
