@@ -13,6 +13,7 @@ from decisioning.app import create_app
 from decisioning.campaigns import FileCampaignStore
 from decisioning.decision_log import ParquetDecisionSink
 from decisioning.engine import DecisionEngine, EngineConfig
+from decisioning.pricing import BidPricer, ShadeFactorPricer
 from serving.base import ModelBackend
 
 log = logging.getLogger(__name__)
@@ -64,14 +65,39 @@ def build_engine(settings: Settings, *, config: EngineConfig | None = None) -> D
     from features.store import open_store
 
     ws = settings.workspace.ensure()
+    cfg = config or EngineConfig(seed=settings.seed,
+                                 fraud_threshold=fraud_threshold(settings) or 0.5)
+    models = build_backend(settings)
     return DecisionEngine(
         featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
-        models=build_backend(settings),
+        models=models,
         campaigns=FileCampaignStore(ws.world / "campaigns.json"),
         sink=ParquetDecisionSink(ws.decisions),
-        config=config or EngineConfig(seed=settings.seed,
-                                      fraud_threshold=fraud_threshold(settings) or 0.5),
+        config=cfg,
+        pricer=build_pricer(models, cfg),
     )
+
+
+def build_pricer(models: ModelBackend, config: EngineConfig) -> BidPricer:
+    """The bid-shading model's pricer when the backend serves ``shading``, else a constant
+    shade factor. The model pricer keeps the constant factor as its fallback, for
+    auctions whose landscape is unusable (and counts them)."""
+    from models.shading_landscape import ShadingPricer
+    from serving.errors import ServingError
+
+    constant = ShadeFactorPricer(config.shade_factor)
+    try:
+        served = models.versions()
+    except ServingError as exc:
+        # A remote server still starting: the model pricer falls back to the constant
+        # factor per auction until a landscape arrives, and counts the fallbacks.
+        log.warning("model versions unknown (%s): pricing with the shading model "
+                    "where a landscape comes back", exc)
+        return ShadingPricer(fallback=constant)
+    if "shading" not in served:
+        log.info("no shading model served: bidding value x %.2f", config.shade_factor)
+        return constant
+    return ShadingPricer(fallback=constant)
 
 
 def run_server(settings: Settings, *, host: str, port: int,
@@ -101,4 +127,4 @@ def run_server(settings: Settings, *, host: str, port: int,
             watcher.stop()
 
 
-__all__ = ["build_backend", "build_engine", "run_server"]
+__all__ = ["build_backend", "build_engine", "build_pricer", "run_server"]
