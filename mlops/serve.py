@@ -1,7 +1,9 @@
 """Wiring: the decision service built from settings, and the server that runs it.
 
 Aliases are resolved in the MLflow registry once, here, before the engine exists; the
-engine and its backend then only see ONNX files (no mlflow on the request path).
+engine and its backend then only see ONNX files. The registry client runs in a sidecar
+child process (:mod:`mlops.registry_sidecar`): the serving process imports neither
+mlflow nor torch.
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ from decisioning.campaigns import FileCampaignStore
 from decisioning.decision_log import ParquetDecisionSink
 from decisioning.engine import DecisionEngine, EngineConfig
 from decisioning.pricing import BidPricer, ShadeFactorPricer
+from mlops.errors import ModelNotFound
+from mlops.registry_sidecar import RegistrySidecar
 from serving.base import ModelBackend
 
 log = logging.getLogger(__name__)
 
 
-def build_backend(settings: Settings, alias: str = "champion") -> ModelBackend:
-    """The configured model backend, serving ``models:/<name>@alias`` for each model."""
+def build_backend(settings: Settings, alias: str = "champion", *,
+                  registry: RegistrySidecar | None = None) -> ModelBackend:
+    """The configured model backend, serving ``models:/<name>@alias`` for each model.
+
+    The in-process backend resolves the aliases through ``registry`` (a sidecar process
+    started for the call when None), so this process never imports mlflow.
+    """
     if settings.backend == "triton":
         from serving.triton.client import TritonBackend
 
@@ -29,45 +38,59 @@ def build_backend(settings: Settings, alias: str = "champion") -> ModelBackend:
         from serving.bento.client import BentoBackend
 
         return BentoBackend(settings.bentoml_url, timeout_s=settings.remote_timeout_ms / 1000)
-    from mlops.errors import ModelNotFound
-    from mlops.registry import resolve
+    if settings.backend != "onnx":
+        raise NotImplementedError(f"backend {settings.backend!r}")
     from serving.onnx_backend import ModelFile, OnnxBackend
 
-    files = []
-    for name in ("ctr", "fraud", "shading"):
-        try:
-            m = resolve(settings, name, alias)
-        except ModelNotFound:
-            if name == "ctr":
-                raise
-            log.info("no %s@%s registered; serving without it", name, alias)
-            continue
-        files.append(ModelFile(name=name, version=m.version, path=m.onnx_path))
-    if settings.backend == "onnx":
-        return OnnxBackend(files)
-    raise NotImplementedError(f"backend {settings.backend!r} is wired by the serving work")
-
-
-def fraud_threshold(settings: Settings, alias: str = "champion") -> float | None:
-    """The threshold the registered fraud model was trained for (its `threshold` tag)."""
-    from mlops.errors import ModelNotFound
-    from mlops.registry import resolve
-
+    own = registry is None
+    reg = registry or RegistrySidecar(settings)
     try:
-        tags = resolve(settings, "fraud", alias).tags
+        files = []
+        for name in ("ctr", "fraud", "shading"):
+            try:
+                m = reg.resolve(name, alias)
+            except ModelNotFound:
+                if name == "ctr":
+                    raise
+                log.info("no %s@%s registered; serving without it", name, alias)
+                continue
+            files.append(ModelFile(name=name, version=m.version, path=m.onnx_path))
+    finally:
+        if own:
+            reg.close()
+    return OnnxBackend(files)
+
+
+def fraud_threshold(settings: Settings, alias: str = "champion", *,
+                    registry: RegistrySidecar | None = None) -> float | None:
+    """The threshold the registered fraud model was trained for (its `threshold` tag)."""
+    own = registry is None
+    reg = registry or RegistrySidecar(settings)
+    try:
+        tags = reg.resolve("fraud", alias).tags
     except ModelNotFound:
         return None
+    finally:
+        if own:
+            reg.close()
     return float(tags["threshold"]) if "threshold" in tags else None
 
 
-def build_engine(settings: Settings, *, config: EngineConfig | None = None) -> DecisionEngine:
+def build_engine(settings: Settings, *, config: EngineConfig | None = None,
+                 registry: RegistrySidecar | None = None) -> DecisionEngine:
     from features.reader import OnlineReader
     from features.store import open_store
 
     ws = settings.workspace.ensure()
-    cfg = config or EngineConfig(seed=settings.seed,
-                                 fraud_threshold=fraud_threshold(settings) or 0.5)
-    models = build_backend(settings)
+    own = registry is None
+    reg = registry or RegistrySidecar(settings)
+    try:
+        cfg = config or EngineConfig(
+            seed=settings.seed, fraud_threshold=fraud_threshold(settings, registry=reg) or 0.5)
+        models = build_backend(settings, registry=reg)
+    finally:
+        if own:
+            reg.close()
     return DecisionEngine(
         featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
         models=models,
@@ -100,18 +123,41 @@ def build_pricer(models: ModelBackend, config: EngineConfig) -> BidPricer:
     return ShadingPricer(fallback=constant)
 
 
+def keep_torch_out() -> bool:
+    """Make ``import torch`` fail in this process (call before anything imports Feast).
+
+    Feast 0.67 imports torch eagerly when it is installed (``feast/torch_wrapper.py``,
+    for its ``to_tensor`` helpers), which would put ~1 s and ~300 MiB of libraries we
+    never call into the decision service. A ``None`` entry in ``sys.modules`` makes that
+    import raise ImportError, which Feast treats as "torch not installed". Returns False
+    (and does nothing) when torch is already imported.
+    """
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is None
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    return True
+
+
 def run_server(settings: Settings, *, host: str, port: int,
                watch_interval_s: float | None = 5.0) -> None:
     import gc
+
+    keep_torch_out()
 
     import uvicorn
 
     from serving.watcher import watch_backend
 
-    engine = build_engine(settings)
+    # The registry client (mlflow) lives in a child process: this one serves auctions
+    # with ONNX Runtime only, and the child stays up for the alias watcher's polls.
+    registry = RegistrySidecar(settings)
+    engine = build_engine(settings, registry=registry)
     # Follow models:/<name>@champion: a promotion or rollback is served within one
     # interval, without a restart (in-process ONNX; Triton/Bento follow on their side).
-    watcher = (watch_backend(settings, engine.models, interval_s=watch_interval_s)
+    watcher = (watch_backend(settings, engine.models, interval_s=watch_interval_s,
+                             source=registry, fetch=lambda n, v: registry.fetch(n, v).onnx_path)
                if watch_interval_s else None)
     # A remote backend blocks on the network: decide in the thread pool then.
     app = create_app(engine, api_keys=settings.api_keys,
@@ -125,6 +171,8 @@ def run_server(settings: Settings, *, host: str, port: int,
     finally:
         if watcher is not None:
             watcher.stop()
+        registry.close()
 
 
-__all__ = ["build_backend", "build_engine", "build_pricer", "run_server"]
+__all__ = ["build_backend", "build_engine", "build_pricer", "keep_torch_out",
+           "run_server"]

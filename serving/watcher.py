@@ -22,10 +22,11 @@ Subscribers ("followers") that apply a move to a backend:
   starts on another port, clients in this process are repointed only once its
   ``/readyz`` is 200, and the old server drains.
 
-mlflow is never imported by importing this module: the watcher thread imports it on
-its first poll (``import mlflow`` costs ~3 s and ~150 MiB RSS), so a process whose
-backend is remote (Triton, BentoML) pays it off the request path; the in-process ONNX
-backend has imported it already to resolve aliases at start-up. Polling is one
+mlflow is never imported by importing this module. With the default source the
+watcher thread imports it on its first poll (``import mlflow`` costs ~3 s and ~150 MiB
+RSS); the decision service instead passes its
+:class:`~mlops.registry_sidecar.RegistrySidecar` as ``source`` and ``fetch``, so mlflow
+runs in a child process and never in the one that answers auctions. Polling is one
 registry read per watched model per interval, off the request path.
 """
 
@@ -433,12 +434,15 @@ class BentoFollower:
 # ---------------------------------------------------------------------- wiring
 
 def watch_backend(settings: Settings, backend: ModelBackend, *, alias: str = DEFAULT_ALIAS,
-                  interval_s: float = DEFAULT_INTERVAL_S) -> AliasWatcher | None:
+                  interval_s: float = DEFAULT_INTERVAL_S, source: VersionSource | None = None,
+                  fetch: Callable[[str, str], Path] | None = None) -> AliasWatcher | None:
     """Start following ``alias`` for the decision service's backend.
 
     In-process ONNX: returns a started watcher with an :class:`OnnxFollower`. A remote
     backend (Triton, BentoML) is followed by the process that runs the model server
-    (:func:`watch_triton`, :func:`watch_bento`); this returns None for it.
+    (:func:`watch_triton`, :func:`watch_bento`); this returns None for it. ``source`` and
+    ``fetch`` read the registry (default: mlflow in this process); the decision service
+    gives its :class:`~mlops.registry_sidecar.RegistrySidecar`, so it never imports mlflow.
     """
     from serving.onnx_backend import OnnxBackend
 
@@ -447,8 +451,10 @@ def watch_backend(settings: Settings, backend: ModelBackend, *, alias: str = DEF
                  type(backend).__name__)
         return None
     served = backend.versions()
-    watcher = AliasWatcher(MODEL_NAMES, settings=settings, alias=alias, interval_s=interval_s)
-    watcher.subscribe(OnnxFollower(settings, backend), {n: served.get(n) for n in MODEL_NAMES})
+    watcher = AliasWatcher(MODEL_NAMES, settings=settings, source=source, alias=alias,
+                           interval_s=interval_s)
+    watcher.subscribe(OnnxFollower(settings, backend, fetch=fetch),
+                      {n: served.get(n) for n in MODEL_NAMES})
     return watcher.start()
 
 

@@ -55,6 +55,17 @@ def test_live_auctions_flow_into_the_logs(trained_workspace: Settings,
     assert sum(i.startswith("live7-") for i in ids) == 300
 
 
+def test_the_running_service_has_no_torch_and_a_registry_sidecar(
+        service: ServiceProcess) -> None:
+    pid = service.proc.pid
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "onnxruntime" in maps                      # it serves with ONNX Runtime ...
+    assert "libtorch" not in maps                     # ... and never loaded torch
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    cmdlines = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
+    assert [b"-m", b"mlops.registry_sidecar"] in [c[1:3] for c in cmdlines], cmdlines
+
+
 def test_spec_examples_and_errors(service: ServiceProcess, shared_data: Path) -> None:
     folder = shared_data / "openrtb_spec_examples" / "iab_openrtb2.6"
     bids_by_file = {}
@@ -98,3 +109,4 @@ def test_every_decision_logged_once_after_sigterm(trained_workspace: Settings,
     assert len(ours) == len(answered)
     assert not ours.duplicated(["request_id", "imp_id"]).any()
     assert isinstance(ours, pd.DataFrame)
+
