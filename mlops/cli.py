@@ -189,14 +189,17 @@ def demo(
     days: Annotated[int, typer.Option(help="simulated days of bootstrap traffic")] = 7,
     requests_per_day: Annotated[int, typer.Option(help="simulated requests per day")] = 50_000,
     auctions: Annotated[int, typer.Option(help="live auctions sent through the HTTP service")] = 3000,
+    ab_auctions: Annotated[int, typer.Option(
+        help="live auctions of the closing A/B experiment, champion vs challenger (0: skip)")
+    ] = 2000,
     seed: Annotated[int, typer.Option(help="world seed")] = 7,
     port: Annotated[int, typer.Option(help="port of the decision service")] = 8765,
 ) -> None:
-    """simulate -> features -> train -> register -> serve -> live auctions -> summary."""
+    """simulate -> features -> train -> serve -> live auctions -> A/B experiment -> report."""
     from mlops.demo import run_demo
 
     run_demo(get_settings(), days=days, auctions=auctions, seed=seed, port=port, console=console,
-             requests_per_day=requests_per_day)
+             requests_per_day=requests_per_day, ab_auctions=ab_auctions)
 
 
 @serving_app.command("triton-repo")

@@ -2,7 +2,8 @@
 
 simulate -> features (apply + materialize) -> train CTR -> register -> start the decision
 service as its own process -> send live auctions from the simulated exchange through
-HTTP -> outcomes -> summary.
+HTTP -> outcomes -> an A/B experiment, champion vs a freshly trained challenger, on more
+live auctions (:mod:`mlops.demo_ab`) -> its report (HTML + JSON) -> summary.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +26,7 @@ from rich.table import Table
 from adplatform.config import Settings
 
 if TYPE_CHECKING:
+    from mlops.demo_ab import ABRun
     from simulator import LiveExchange, SimulationSummary
 
 
@@ -48,15 +51,22 @@ class LiveStats:
 
 
 class ServiceProcess:
-    """``adplatform serve`` in a child process, stopped with SIGTERM (which flushes its log)."""
+    """``adplatform serve`` in a child process, stopped with SIGTERM (which flushes its log).
 
-    def __init__(self, settings: Settings, port: int, log_path: Path) -> None:
+    ``argv`` runs another service command instead (it must listen on ``port``), e.g.
+    :func:`mlops.demo_ab.service_argv`.
+    """
+
+    def __init__(self, settings: Settings, port: int, log_path: Path, *,
+                 argv: Sequence[str] | None = None) -> None:
         env = {**os.environ, "ADPLATFORM_HOME": str(settings.workspace.root),
                "ADPLATFORM_PROFILE": settings.profile}
+        command = list(argv) if argv is not None else [
+            sys.executable, "-c", "from mlops.cli import main; main()", "serve",
+            "--port", str(port)]
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from mlops.cli import main; main()", "serve",
-             "--port", str(port)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(command, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{port}"
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -87,13 +97,14 @@ class ServiceProcess:
 
 
 def send_auctions(live: LiveExchange, url: str, n: int,
-                  progress: Progress | None = None) -> LiveStats:
+                  progress: Progress | None = None, *, label: str = "live auctions"
+                  ) -> LiveStats:
     """Send n simulated auctions through the running service and resolve their outcomes."""
     import httpx
     import orjson
 
     stats = LiveStats()
-    task = progress.add_task("live auctions", total=n) if progress else None
+    task = progress.add_task(label, total=n) if progress else None
     with httpx.Client(base_url=url, timeout=5.0) as client:
         for req in live.requests(n):
             t0 = time.perf_counter()
@@ -121,34 +132,49 @@ def send_auctions(live: LiveExchange, url: str, n: int,
 
 
 def run_demo(settings: Settings, *, days: int, auctions: int, seed: int, port: int,
-             console: Console, requests_per_day: int = 50_000) -> LiveStats:
+             console: Console, requests_per_day: int = 50_000,
+             ab_auctions: int | None = None) -> LiveStats:
+    """The whole loop; ``ab_auctions`` (default: ``auctions``; 0 skips it) live auctions
+    go to the closing champion-vs-challenger experiment (:func:`mlops.demo_ab.run_ab`)."""
     from features.ops import materialize
+    from mlops.demo_ab import run_ab
     from simulator import LiveExchange, simulate
-    from training.ctr import train_ctr
+    from training.ctr import ctr_frame, train_ctr
 
+    ab_n = auctions if ab_auctions is None else ab_auctions
     ws = settings.workspace.ensure()
     t_start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
+    ab: ABRun | None = None
     with Progress(*columns, console=console) as progress:
-        steps = progress.add_task("pipeline", total=4)
+        steps = progress.add_task("pipeline", total=5 if ab_n else 4)
         progress.update(steps, description=f"simulate {days} days")
         sim = simulate(days=days, seed=seed, workspace=ws, requests_per_day=requests_per_day)
         progress.update(steps, advance=1, description="features: apply + materialize")
         materialize(settings)
         progress.update(steps, advance=1, description="train ctr (LightGBM -> ONNX -> MLflow)")
-        ctr = train_ctr(settings)
+        frame = ctr_frame(settings)        # the challenger trains on the same rows
+        ctr = train_ctr(settings, frame=frame)
         progress.update(steps, advance=1, description="start the decision service")
         service = ServiceProcess(settings, port, ws.root / "demo-service.log")
         try:
             service.wait_ready()
-            progress.update(steps, advance=1, description="pipeline done")
+            progress.update(steps, advance=1, description="live auctions")
             live = LiveExchange.from_workspace(ws, session=1)
             stats = send_auctions(live, service.url, auctions, progress)
             live.flush(ws)
         finally:
             service.stop()
+        if ab_n:
+            progress.update(steps, description="A/B: train a challenger, serve champion vs "
+                                               "challenger, report")
+            ab = run_ab(settings, live, auctions=ab_n, port=port, frame=frame,
+                        progress=progress)
+            progress.update(steps, advance=1, description="pipeline done")
     _summary(console, stats, ctr.metrics, ctr.version, sim, time.perf_counter() - t_start, ws.root)
+    if ab is not None:
+        _ab_summary(console, ab)
     return stats
 
 
@@ -169,8 +195,40 @@ def _summary(console: Console, s: LiveStats, metrics: dict[str, float], version:
     console.print(t)
     console.print(f"simulated history: {sim.requests:,} requests, {sim.impressions:,} "
                   f"impressions, {sim.clicks:,} clicks over {sim.days} days (seed {sim.seed})")
-    console.print(f"results under {root}: events/, decision_log/, feast/, mlflow/")
+    console.print(f"results under {root}: events/, decision_log/, feast/, mlflow/, reports/")
     console.print(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{root}/mlflow/mlflow.db")
+
+
+def _ab_summary(console: Console, ab: ABRun) -> None:
+    from mlops.reports.errors import ReportError
+
+    rep = ab.report
+    t = Table("arm", "ctr version", "units", "requests", "bids", "wins", "clicks", "CTR",
+              "spend (USD)", "surplus (USD)",
+              title=f"A/B experiment {ab.experiment}: champion vs challenger "
+                    f"({ab.stats.requests:,} live auctions, {ab.stats.errors} errors)")
+    versions = {"champion": ab.champion, "challenger": ab.challenger}
+    for a in rep.arms:
+        tot, m = a.totals, a.metrics
+        t.add_row(a.arm, versions.get(a.arm, "?"), f"{a.units:,}", f"{tot['request']:,.0f}",
+                  f"{tot['bid']:,.0f}", f"{tot['won']:,.0f}", f"{tot['clicked']:,.0f}",
+                  f"{m['ctr']:.3%}", f"{tot['cost']:,.2f}", f"{tot['surplus']:,.2f}")
+    console.print(t)
+    for name in ("ctr", "surplus_per_1k", "win_rate"):
+        try:
+            r = rep.result(name)
+        except ReportError:     # no campaigns file: no value, surplus or ROI
+            continue
+        c = r.comparison
+        console.print(f"  {r.label}: lift {c.lift:+.1%} [{c.lift_ci[0]:+.1%}, "
+                      f"{c.lift_ci[1]:+.1%}], p = {c.p_value:.3g} -> {r.verdict}; "
+                      f"always-valid p = {r.sequential_p:.3g}", soft_wrap=True)
+    srm = "sample ratio mismatch!" if rep.srm.mismatch else "no sample ratio mismatch"
+    console.print(f"  {srm} (p = {rep.srm.p_value:.3g})")
+    console.print(f"A/B report: {ab.html}", soft_wrap=True)
+    console.print(f"            {ab.json}", soft_wrap=True)
+    console.print(f"rebuild it: adplatform report ab --experiment {ab.experiment} "
+                  f"(experiment file {ab.spec_path})", soft_wrap=True)
 
 
 __all__ = ["LiveStats", "ServiceProcess", "run_demo", "send_auctions"]

@@ -41,8 +41,15 @@ def test_notebook_executes(path: Path, nb_home: Path, kernel_path: Path,
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name=KERNEL,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(nb, nb_home.parent / path.name)      # the executed copy, to look at
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     if any("plt." in c.source for c in nb.cells if c.cell_type == "code"):
         assert images, f"{path.name} draws plots but rendered none"
+    if path.stem == "06_ab_report":        # it points to the report page, with its plots
+        text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                       for o in c.get("outputs", []) if o.get("name") == "stdout")
+        html = next(Path(line) for line in text.splitlines()
+                    if line.startswith("/") and line.endswith(".html"))
+        assert html.exists() and html.read_text().count("data:image/png;base64,") >= 3
     assert os.environ["NB_SCALE"] == "small"
