@@ -44,7 +44,23 @@ def _smooth(clicks: np.ndarray, imps: np.ndarray) -> np.ndarray:
 
 
 def _nz(x: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(x, nan=0.0)
+    # NaN (missing) -> 0. np.where rather than np.nan_to_num: the serving path calls this
+    # ~40 times per auction on 1-20 rows, where nan_to_num's inf handling costs 5x more.
+    return np.where(np.isnan(x), 0.0, x)
+
+
+def _column(cols: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    """``cols[name]`` as an (n,) float64 array; a scalar (an auction-level value) is
+    repeated. An (n,) float64 array is returned as is (the training path's columns)."""
+    v = cols[name]
+    if isinstance(v, np.ndarray) and v.dtype == np.float64 and v.shape == (n,):
+        return v
+    a = np.asarray(v, dtype=np.float64)
+    if a.shape == (n,):
+        return a
+    if a.size == 1:
+        return np.full(n, a.reshape(()))
+    return np.broadcast_to(a, (n,))               # raises on a length that does not fit
 
 
 def ctr_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -55,7 +71,7 @@ def ctr_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     n = max(np.size(v) for v in cols.values())
 
     def col(name: str) -> np.ndarray:
-        return np.broadcast_to(np.asarray(cols[name], dtype=np.float64), (n,))
+        return _column(cols, name, n)
 
     user_missing = np.isnan(col("user_imps_7d"))
     ad_missing = np.isnan(col("ad_imps_7d"))
@@ -98,7 +114,7 @@ def shading_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     n = max(np.size(v) for v in cols.values())
 
     def col(name: str) -> np.ndarray:
-        return np.broadcast_to(np.asarray(cols[name], dtype=np.float64), (n,))
+        return _column(cols, name, n)
 
     missing = np.isnan(col("pub_bids_7d"))
     bids, wins = _nz(col("pub_bids_7d")), _nz(col("pub_wins_7d"))
@@ -124,7 +140,7 @@ def fraud_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     n = max(np.size(v) for v in cols.values())
 
     def col(name: str) -> np.ndarray:
-        return np.broadcast_to(np.asarray(cols[name], dtype=np.float64), (n,))
+        return _column(cols, name, n)
 
     raw = [_nz(col(f)) for f in FRAUD_RAW]
     ip_imps, ip_clicks = _nz(col("ip_imps_1d")), _nz(col("ip_clicks_1d"))

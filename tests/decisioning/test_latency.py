@@ -1,14 +1,11 @@
-"""A coarse latency guard: 20 candidates decided well inside the 1 ms engine budget.
-
-The bound is on the median (robust on a shared CI machine); the benchmark numbers for
-p99 come from a quiet machine, not from this test.
+"""The engine's hot path with 20 candidates out of 2,200 campaigns: indexed selection,
+one featurizer call for all 20, a bid every time. Latency itself is measured by
+``make bench`` (``python -m bench decision``), never asserted in a test.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
-import time
 
 from decisioning import (
     CampaignFile,
@@ -22,7 +19,7 @@ from decisioning import (
 from .conftest import FixedBackend, ZeroFeaturizer, _campaign, _creative
 
 
-def test_engine_median_latency_with_20_candidates() -> None:
+def test_engine_decides_20_of_2200_candidates_in_one_featurizer_call() -> None:
     doc = {"version": 1, "campaigns": [
         _campaign(f"c{i:03d}", [_creative(f"cr{i:03d}", "banner", 300, 250)], cpc=0.5 + i / 100)
         for i in range(200)] + [
@@ -36,10 +33,10 @@ def test_engine_median_latency_with_20_candidates() -> None:
                                        "banner": {"w": 300, "h": 250}}],
         "site": {"domain": "news.example"}, "device": {"ua": "UA", "ip": "10.0.0.1"},
         "bcat": ["IAB25"], "badv": ["blocked.example"]}))
-    times = []
-    for _ in range(500):
-        t = time.perf_counter()
-        assert engine.decide(req, engine.clock.monotonic()) is not None
-        times.append(time.perf_counter() - t)
-    assert len(featurizer.calls[-1][1]) == 20
-    assert statistics.median(times) < 1e-3, f"median {statistics.median(times) * 1e3:.2f} ms"
+    for _ in range(50):
+        resp = engine.decide(req, engine.clock.monotonic())
+        assert resp is not None
+        (bid,) = resp.bids()
+        assert bid.cid == "c199"                      # the highest CPC among the 300x250s
+    assert len(featurizer.calls) == 50
+    assert all(len(ads) == 20 for _, ads in featurizer.calls)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -108,24 +107,6 @@ def test_second_price_and_fallbacks() -> None:
 def test_quantiles_invert_the_cdf() -> None:
     q = mixture_quantile(LAND, 0.5)
     assert np.isclose(mixture_cdf(LAND)(q[:, None])[0, 0], 0.5, atol=1e-9)
-
-
-@pytest.mark.skipif(sys.gettrace() is not None, reason="timing is meaningless under a tracer")
-def test_pricer_is_fast_for_twenty_candidates() -> None:
-    pricer = ShadingPricer()
-    values = np.random.default_rng(0).lognormal(0.5, 1.0, 20)
-    ctx, scores = _ctx(0.3), _scores(LAND, 20)
-    for _ in range(200):
-        pricer.price(values, ctx, scores, first_price=True)
-    runs = []
-    for _ in range(5):
-        # CPU time of this process: other processes on a busy machine do not count.
-        start = time.process_time()
-        for _ in range(1000):
-            pricer.price(values, ctx, scores, first_price=True)
-        runs.append((time.process_time() - start) / 1000)
-    # Target: < 50 us on an idle core; the bound leaves room for a slower CI machine.
-    assert min(runs) < 150e-6, f"{min(runs) * 1e6:.1f} us per auction"
 
 
 def test_serving_side_imports_no_torch() -> None:
