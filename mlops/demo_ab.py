@@ -11,7 +11,10 @@ The experiment file is written to ``<workspace>/experiments/<name>.json``, so
 ``adplatform report ab --experiment <name>`` rebuilds the same report later.
 
 The service runs in its own process (:func:`main`, started by
-:class:`mlops.demo.ServiceProcess`), like ``adplatform serve`` but with the experiment.
+:class:`mlops.demo.ServiceProcess`), wired like ``adplatform serve`` (:mod:`mlops.serve`:
+registry lookups in the sidecar, no mlflow or torch in the process, the shading model's
+pricer when ``shading`` is registered) plus the experiment; no alias watcher: the
+experiment pins its two alias sets for its duration.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from decisioning.engine import DecisionEngine
     from decisioning.experiments import Experiment
     from mlops.demo import LiveStats
+    from mlops.registry_sidecar import RegistrySidecar
     from mlops.reports.ab import ABReport, ExperimentSpec
     from serving.onnx_backend import OnnxBackend
     from simulator import LiveExchange
@@ -80,17 +84,16 @@ def write_spec(settings: Settings, spec: ExperimentSpec) -> Path:
     return path
 
 
-def alias_set_backend(settings: Settings, aliases: dict[str, str]) -> OnnxBackend:
+def alias_set_backend(registry: RegistrySidecar, aliases: dict[str, str]) -> OnnxBackend:
     """An in-process ONNX backend serving ``models:/<name>@aliases[name]`` (``champion``
     for models not named); models without that alias are left out, except ``ctr``."""
     from mlops.errors import ModelNotFound
-    from mlops.registry import CHAMPION, resolve
     from serving.onnx_backend import ModelFile, OnnxBackend
 
     files = []
     for name in ("ctr", "fraud", "shading"):
         try:
-            m = resolve(settings, name, aliases.get(name, CHAMPION))
+            m = registry.resolve(name, aliases.get(name, CONTROL))
         except ModelNotFound:
             if name == "ctr":
                 raise
@@ -107,26 +110,36 @@ def build_experiment_engine(settings: Settings, *, name: str = EXPERIMENT,
     from decisioning.engine import DecisionEngine, EngineConfig
     from features.reader import OnlineReader
     from features.store import open_store
-    from mlops.serve import fraud_threshold
+    from mlops.registry_sidecar import RegistrySidecar
+    from mlops.serve import build_pricer, fraud_threshold
 
     if settings.backend != "onnx":
         raise ConfigError(f"the demo experiment serves in-process ONNX, not {settings.backend!r}")
     ws = settings.workspace.ensure()
+    with RegistrySidecar(settings) as registry:
+        config = EngineConfig(seed=settings.seed, fraud_threshold=fraud_threshold(
+            settings, registry=registry) or 0.5)
+        champion = alias_set_backend(registry, {})
+        challenger = alias_set_backend(registry, {"ctr": TREATMENT})
     return DecisionEngine(
         featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
-        models=alias_set_backend(settings, {}),
-        backends={TREATMENT: alias_set_backend(settings, {"ctr": TREATMENT})},
+        models=champion,
+        backends={TREATMENT: challenger},
         experiment=build_experiment(name, share),
         campaigns=FileCampaignStore(ws.world / "campaigns.json"),
         sink=ParquetDecisionSink(ws.decisions),
-        config=EngineConfig(seed=settings.seed,
-                            fraud_threshold=fraud_threshold(settings) or 0.5),
+        config=config,
+        pricer=build_pricer(champion, config),     # both arms price alike
     )
 
 
 def serve_experiment(settings: Settings, *, host: str, port: int, name: str = EXPERIMENT,
                      share: float = 0.5) -> None:
     """Run the experiment's decision service until SIGTERM (which flushes its log)."""
+    from mlops.serve import keep_torch_out
+
+    keep_torch_out()
+
     import uvicorn
 
     from decisioning.app import create_app

@@ -248,11 +248,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Trains a new ctr version (@challenger), serves champion and challenger behind one
+from mlops.errors import ModelNotFound
+from mlops.registry import resolve
+
+try:           # 05 left a challenger (refused or rolled back): put it to the test live
+    have_challenger = bool(resolve(settings, "ctr", "challenger").version)
+except ModelNotFound:
+    have_challenger = False
+# Serves champion and challenger (trained first when there is none) behind one
 # experiment, sends live auctions, flushes the outcomes and writes the report.
 auctions = 800 if SCALE == "small" else 5_000
 ab = run_ab(settings, LiveExchange.from_workspace(ws, session=6), auctions=auctions,
-            port=free_port())
+            port=free_port(), train=not have_challenger)
 rep = ab.report
 print(f"experiment {ab.experiment}: ctr v{ab.champion} (champion) vs v{ab.challenger} "
       f"(challenger), {ab.stats.requests} live auctions, {ab.stats.errors} errors")'''),
