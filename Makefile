@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export ADPLATFORM_HOME ?= $(CURDIR)/workspace
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast bench lint clean
+.PHONY: help setup demo test test-fast bench train-full lint clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,22 @@ test-fast: setup  ## the tests without the `slow` marker
 
 bench: setup  ## benchmarks: print tables, write JSON under $(ADPLATFORM_HOME)/bench
 	$(BIN)/python -m bench
+
+# The quality run of issue 4: a fresh 14-day world (seed 7) in its own home, offline
+# features, `train all --size full`, then every threshold checked (exit 1 on a miss).
+TRAIN_FULL_HOME     ?= $(ADPLATFORM_HOME)/train-full
+TRAIN_FULL_DAYS     ?= 14
+TRAIN_FULL_REQUESTS ?= 150000
+TRAIN_FULL_FLAGS    ?=
+
+train-full: setup  ## 14-day world -> train all --size full -> report JSON -> threshold table
+	rm -rf $(TRAIN_FULL_HOME)
+	ADPLATFORM_HOME=$(TRAIN_FULL_HOME) $(BIN)/adplatform simulate --days $(TRAIN_FULL_DAYS) \
+		--requests-per-day $(TRAIN_FULL_REQUESTS) --seed 7
+	ADPLATFORM_HOME=$(TRAIN_FULL_HOME) $(BIN)/adplatform features materialize --offline-only
+	ADPLATFORM_HOME=$(TRAIN_FULL_HOME) $(BIN)/adplatform train all --size full \
+		--report $(TRAIN_FULL_HOME)/train-full-report.json $(TRAIN_FULL_FLAGS)
+	$(BIN)/python -m training.check_report $(TRAIN_FULL_HOME)/train-full-report.json
 
 lint: setup  ## ruff and mypy
 	$(BIN)/ruff check .

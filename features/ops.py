@@ -75,6 +75,24 @@ def materialize(settings: Settings, end: datetime | None = None, *,
     return MaterializeResult(rows=rows, start=min(starts, default=None), end=end)
 
 
+def build_offline(settings: Settings, *, streaming: bool = False) -> dict[str, int]:
+    """The batch views in the offline store, then ``apply``; returns rows per view.
+
+    What training reads (point-in-time joins of the batch views), without loading the
+    online store: at full size that is millions of ip/device rows nobody reads offline.
+    ``streaming`` also writes the streaming windows' offline history (slow at full size;
+    no training feature service reads it).
+    """
+    rows = write_views(compute_views(settings.workspace.events), offline_dir(settings))
+    if streaming:
+        from features.streaming import backfill_frames, write_backfill
+
+        rows.update(write_backfill(backfill_frames(settings.workspace.events),
+                                   offline_dir(settings)))
+    apply(settings)
+    return rows
+
+
 def _enable_wal(settings: Settings) -> None:
     """SQLite online store in WAL mode, so a writer never blocks the readers."""
     if settings.profile != "embedded":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -54,18 +54,27 @@ def features_apply() -> None:
 
 
 @features_app.command("materialize")
-def features_materialize() -> None:
+def features_materialize(
+    offline_only: Annotated[bool, typer.Option(
+        "--offline-only", help="write the offline store (what training reads) only")] = False,
+) -> None:
     """Compute batch features from the event log and load the online store (incremental)."""
-    from features.ops import materialize
+    from features.ops import build_offline, materialize
 
     settings = get_settings()
-    with console.status("computing batch features and materializing"):
-        result = materialize(settings)
+    if offline_only:
+        with console.status("computing batch features (offline store only)"):
+            rows = build_offline(settings)
+    else:
+        with console.status("computing batch features and materializing"):
+            result = materialize(settings)
+        rows = result.rows
     table = Table("feature view", "offline rows")
-    for name, n in result.rows.items():
+    for name, n in rows.items():
         table.add_row(name, f"{n:,}")
     console.print(table)
-    console.print(f"online store loaded up to {result.end.isoformat()}")
+    if not offline_only:
+        console.print(f"online store loaded up to {result.end.isoformat()}")
 
 
 @features_app.command("skew")
@@ -117,6 +126,90 @@ def train_fraud_cmd(
                     "rules_only_recall": ev["rules_only_recall"],
                     **{f"recall_{k}": v for k, v in ev["per_kind"].items()},
                     "test_fpr_at_threshold": ev["at_threshold"]["fpr"]})
+
+
+@train_app.command("shading")
+def train_shading_cmd(
+    evaluate: Annotated[bool, typer.Option(
+        help="evaluate surplus on the simulator's truth and DRSA 2259 when present")] = True,
+) -> None:
+    """Train the censored bid-landscape model on shading_v1; register `shading` in MLflow."""
+    from training.shading import train_shading
+
+    settings = get_settings()
+    with console.status("training bid shading (Feast join, censored likelihood, ONNX, MLflow)"):
+        result = train_shading(settings, evaluate=evaluate)
+    keys = ("test_nll", "test_loglik_model", "test_loglik_km", "test_win_auc",
+            "test_win_calibration", "n_train", "n_test")
+    shown = {k: result.metrics[k] for k in keys if k in result.metrics}
+    _print_metrics(f"shading version {result.version} -> @{result.alias}",
+                   {**shown, **result.evaluation})
+
+
+@train_app.command("all")
+def train_all_cmd(
+    report: Annotated[Path | None, typer.Option(help="write the report JSON here")] = None,
+    size: Annotated[str, typer.Option(
+        help="small: quick (fewer rounds, reduced real-data protocol); full: the quality "
+             "run (needs >= 14 days and >= 5,000 held-out clicks)")] = "small",
+    deep: Annotated[bool, typer.Option(help="train the DCN-v2 CTR model too")] = False,
+    real: Annotated[bool, typer.Option(help="real-data comparisons (../shared/data)")] = True,
+    force: Annotated[bool, typer.Option(
+        help="run --size full on a smaller workspace (warn instead of refusing)")] = False,
+) -> None:
+    """Train fraud, then CTR on fraud-filtered data, then shading; register all three."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from adplatform.errors import ConfigError
+    from training.pipeline import SIZES, STAGES, train_all
+
+    if size not in SIZES:
+        raise typer.BadParameter(f"--size must be one of {', '.join(SIZES)}")
+    settings = get_settings()
+    labels = {"fraud": "fraud (IVT) LightGBM + rules", "ctr": "CTR LightGBM, fraud-filtered",
+              "ctr_deep": "CTR DCN-v2", "shading": "bid shading (censored landscape)",
+              "real": "real data: Criteo, TalkingData"}
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        tasks = {name: progress.add_task(f"[dim]{labels[name]}", total=1, start=False)
+                 for name in STAGES}
+
+        def on_stage(name: str, event: str, detail: str) -> None:
+            task = tasks[name]
+            if event == "start":
+                progress.start_task(task)
+                progress.update(task, description=f"[bold]{labels[name]}")
+            else:
+                mark = "[green]done" if event == "done" else "[yellow]skipped"
+                progress.update(task, completed=1,
+                                description=f"{labels[name]}: {mark}[/] {detail}")
+                progress.stop_task(task)
+
+        try:
+            result = train_all(settings, size=size, report=report,  # type: ignore[arg-type]
+                               deep=deep, real=real, force=force, on_stage=on_stage)
+        except ConfigError as exc:
+            console.print(f"[red]{exc}")
+            raise typer.Exit(2) from exc
+    _print_report(result)
+    if report is not None:
+        console.print(f"report: {report}")
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    table = Table("model", "metric", "value", title=f"train all --size {report['size']}")
+    for section in ("fraud", "ctr", "ctr_deep", "shading"):
+        for k, v in report.get(section, {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                table.add_row(section, k, f"{v:.6g}")
+            elif isinstance(v, str):
+                table.add_row(section, k, v)
+    for name, figures in report.get("real", {}).items():
+        for k, v in figures.items():
+            table.add_row(f"real/{name}", k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    for msg in report.get("warnings", []):
+        console.print(f"[yellow]warning: {msg}")
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:

@@ -63,7 +63,7 @@ from models.lgbm_onnx import (
     require_parity,
     stress_rows,
 )
-from training.datasets import ImpressionFrame, impressions, with_features
+from training.datasets import impressions, join_features
 from training.metrics import auc, logloss
 
 if TYPE_CHECKING:
@@ -77,6 +77,10 @@ OUTPUT_NAME = "pctr"
 MODEL_NAME = "ctr"
 
 ExcludeFn = Callable[[pd.DataFrame], np.ndarray]
+# Impressions per Feast join call. The as-of join matches each row with every earlier
+# hourly snapshot of its user, so memory grows with history: at full size (14 days) a
+# 250k-row chunk late in the log passed 12 GB.
+CTR_JOIN_CHUNK_ROWS = 50_000
 
 # Declared crawlers and automation: the IAB/ABC spiders-and-bots list works the same way
 # (substring rules on the user agent).
@@ -199,12 +203,11 @@ def ctr_frame(settings: Settings) -> pd.DataFrame:
         raise DataError(f"no impressions under {settings.workspace.events}: simulate first")
     keys = ["request_id", "imp_id"]
     # Feast carries every entity-frame column through its point-in-time join; send only
-    # the join keys and timestamps (strings like the user agent would multiply its memory).
-    slim = ImpressionFrame(frame.df[[*keys, "user_id", "creative_id", "publisher_id",
-                                     "event_timestamp"]])
-    joined = with_features(open_store(settings), slim, FEATURE_SERVICE)
-    df = frame.df.merge(joined.drop(columns=["user_id", "creative_id", "publisher_id",
-                                             "event_timestamp"]), on=keys, how="left")
+    # the entity keys and times (strings like the user agent would multiply its memory),
+    # in chunks (training.datasets.join_features).
+    df = join_features(open_store(settings), frame.df, FEATURE_SERVICE,
+                       entities=["user_id", "creative_id", "publisher_id"],
+                       chunk_rows=CTR_JOIN_CHUNK_ROWS)
     clk = read_events(settings.workspace.events, "clicks")[[*keys, "ts"]]
     clk = clk.merge(df[[*keys, "ts"]].rename(columns={"ts": "imp_ts"}), on=keys)
     clk["delay"] = (clk["ts"] - clk["imp_ts"]).dt.total_seconds()
@@ -253,8 +256,14 @@ def _split(df: pd.DataFrame, cfg: CTRDataConfig) -> CTRSplit:
 
 
 def prepare_ctr_data(settings: Settings, cfg: CTRDataConfig,
-                     frame: pd.DataFrame | None = None) -> CTRData:
-    """Load (or take) the joined frame, drop invalid traffic, split train/calibration/test."""
+                     frame: pd.DataFrame | None = None,
+                     ivt_flags: pd.DataFrame | None = None) -> CTRData:
+    """Load (or take) the joined frame, drop invalid traffic, split train/calibration/test.
+
+    ``ivt_flags`` (``request_id``, ``imp_id``, ``invalid``: the fraud model's verdict per
+    request, e.g. :attr:`training.fraud.FraudResult.flags`) replaces scoring the requests
+    with ``models:/fraud@fraud_alias``.
+    """
     if cfg.holdout_days < 1:
         raise ValueError(f"holdout_days must be >= 1, got {cfg.holdout_days}")
     if not 0.0 < cfg.calibration_fraction < 1.0:
@@ -267,7 +276,13 @@ def prepare_ctr_data(settings: Settings, cfg: CTRDataConfig,
         drop = np.asarray(cfg.exclude(df), dtype=bool)
         if drop.shape != (len(df),):
             raise DataError(f"exclude returned shape {drop.shape}, expected ({len(df)},)")
-    fraud = fraud_model_mask(settings, df, cfg.fraud_alias)
+    if ivt_flags is not None:
+        keys = ["request_id", "imp_id"]
+        got = df[keys].merge(ivt_flags[[*keys, "invalid"]].drop_duplicates(keys), on=keys,
+                             how="left")["invalid"]
+        fraud: np.ndarray | None = got.fillna(False).to_numpy(dtype=bool)
+    else:
+        fraud = fraud_model_mask(settings, df, cfg.fraud_alias)
     if fraud is not None:
         stats["fraud_model_flagged"] = float(fraud.sum())
         stats["fraud_model_only"] = float((fraud & ~drop).sum())
@@ -477,14 +492,16 @@ def fit_lgbm(data: CTRData, cfg: CTRConfig) -> tuple[Any, Calibrator]:
 
 
 def train_ctr(settings: Settings, config: CTRConfig | None = None, *,
-              frame: pd.DataFrame | None = None) -> CTRResult:
+              frame: pd.DataFrame | None = None,
+              ivt_flags: pd.DataFrame | None = None) -> CTRResult:
     """Train, calibrate, export, check parity, evaluate and register the LightGBM CTR model.
 
     ``adplatform train ctr --model lgbm`` calls this. ``frame`` reuses a joined frame
     from :func:`ctr_frame` (tests, notebooks); by default it is read from the workspace.
+    ``ivt_flags``: see :func:`prepare_ctr_data`.
     """
     cfg = config or CTRConfig()
-    data = prepare_ctr_data(settings, cfg, frame=frame)
+    data = prepare_ctr_data(settings, cfg, frame=frame, ivt_flags=ivt_flags)
     booster, calibrator = fit_lgbm(data, cfg)
 
     def native(x: np.ndarray) -> np.ndarray:

@@ -84,7 +84,8 @@ def fit_deep_ctr(data: CTRData, cfg: DeepCTRConfig
 
 
 def train_ctr_deep(settings: Settings, config: DeepCTRConfig | None = None, *,
-                   frame: pd.DataFrame | None = None) -> CTRResult:
+                   frame: pd.DataFrame | None = None,
+                   ivt_flags: pd.DataFrame | None = None) -> CTRResult:
     """Train, calibrate, export (torch dynamo -> ONNX), check parity, evaluate, register.
 
     ``frame`` reuses a joined frame from :func:`training.ctr.ctr_frame` (tests, notebooks).
@@ -92,7 +93,7 @@ def train_ctr_deep(settings: Settings, config: DeepCTRConfig | None = None, *,
     from models.deep_ctr import deep_to_onnx, predict
 
     cfg = config or DeepCTRConfig()
-    data = prepare_ctr_data(settings, cfg, frame=frame)
+    data = prepare_ctr_data(settings, cfg, frame=frame, ivt_flags=ivt_flags)
     model, calibrator, history = fit_deep_ctr(data, cfg)
 
     def native(x: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ from models.fraud_rules import (
     rules_from_matrix,
 )
 from models.lgbm_onnx import lgbm_to_onnx, onnx_predict
-from training.datasets import ImpressionFrame, time_split, with_features
+from training.datasets import join_features, time_split
 from training.fraud_eval import curves_figure, evaluate, flat_metrics, rates_at, threshold_for_fpr
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ MODEL_OUTPUT = "p_model"          # the LightGBM probability inside the graph, b
 KEYS = ["request_id", "imp_id"]
 # Request columns the fraud features need (entity keys ip and device_id, IVT inputs, context).
 REQUEST_COLUMNS = [*KEYS, "ts", "ip", "ua", "device_id", "device_type", "is_app"]
+ENTITY_COLUMNS = ["ip", "device_id"]     # the join keys of the fraud feature views
 # ONNX export must match LightGBM: 99.9% of rows within 1e-5, every row within 1e-3.
 PARITY_TOLERANCES = ((1e-5, 0.999), (1e-3, 1.0))
 # The request field each on-demand IVT column of features.ivt.ivt_columns depends on.
@@ -140,6 +141,9 @@ class FraudResult:
     metrics: dict[str, float]         # flat, as logged to MLflow
     evaluation: dict[str, Any]        # held-out: pr_auc, recall_at_1pct_fpr, per_kind, ...
     booster: Any = field(default=None, repr=False, compare=False)   # lightgbm.Booster
+    # Every scored request: KEYS + ``invalid`` (the registered graph's p_fraud >= threshold),
+    # so CTR can drop invalid traffic without scoring the requests again.
+    flags: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
 def request_frame(settings: Settings, *, labels: bool = True) -> pd.DataFrame:
@@ -310,7 +314,7 @@ def train_fraud(settings: Settings, config: FraudConfig | None = None) -> FraudR
     clock = _Stopwatch()
     frame = _splits(request_frame(settings), cfg)
     clock.lap("read")
-    df = with_features(open_store(settings), ImpressionFrame(frame), fs.service)
+    df = join_features(open_store(settings), frame, fs.service, entities=ENTITY_COLUMNS)
     clock.lap("join")
     x_all = fraud_features(df, settings.shared_data, fs)
     clock.lap("features")
@@ -379,9 +383,10 @@ def train_fraud(settings: Settings, config: FraudConfig | None = None) -> FraudR
         mlflow.log_dict({"evaluation": evaluation, "features": fs.names,
                          "parity": check}, "evaluation.json")
         version, alias = register(settings, info.model_uri, MODEL_NAME, tags)
+    flags = df[KEYS].assign(invalid=onnx_predict(proto, x_all) >= np.float32(threshold))
     return FraudResult(version=version, alias=alias, run_id=run.info.run_id,
                        threshold=threshold, metrics=metrics, evaluation=evaluation,
-                       booster=booster)
+                       booster=booster, flags=flags)
 
 
 def score_requests(settings: Settings, frame: pd.DataFrame, model: onnx.ModelProto | bytes,
@@ -395,7 +400,7 @@ def score_requests(settings: Settings, frame: pd.DataFrame, model: onnx.ModelPro
         return np.zeros(0, dtype=np.float32)
     store = store or open_store(settings)
     rows = frame.assign(row_order=np.arange(len(frame)))
-    df = with_features(store, ImpressionFrame(rows), fs.service)
+    df = join_features(store, rows, fs.service, entities=ENTITY_COLUMNS)
     df = df.sort_values("row_order", kind="stable")
     return onnx_predict(model, fraud_features(df, settings.shared_data, fs))
 

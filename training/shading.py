@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from adplatform.config import Settings
-from adplatform.errors import DataError
+from adplatform.errors import AdPlatformError, DataError
 from adplatform.eventlog import read_events
 from features.vectorize import FORMAT_CODES, SHADING_FEATURES, shading_matrix
 from models.shading import (
@@ -215,7 +215,7 @@ def holdout_metrics(landscape: np.ndarray, test: CensoredData, km: BinnedLandsca
 
 
 def train_shading(settings: Settings, config: ShadingConfig | None = None, *,
-                  evaluate: bool = True) -> ShadingResult:
+                  evaluate: bool = True, drsa: bool = True) -> ShadingResult:
     """Train, export, log and register ``shading``; evaluate on the simulator's truth.
 
     ``evaluate``: when the workspace holds simulator ground truth, also compute realised
@@ -223,7 +223,8 @@ def train_shading(settings: Settings, config: ShadingConfig | None = None, *,
     iPinYou DRSA sample is present, the censored log-likelihood of the same network
     architecture against Kaplan-Meier on it. Both are logged and returned in
     ``evaluation`` (keys ``surplus, oracle_surplus, best_constant_surplus, km_surplus,
-    truthful_surplus, win_rate`` and ``loglik_model, loglik_km``).
+    truthful_surplus, win_rate`` and ``loglik_model, loglik_km``). ``drsa`` False skips
+    the DRSA part.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -258,10 +259,10 @@ def train_shading(settings: Settings, config: ShadingConfig | None = None, *,
                "n_val": float(len(va)), "n_test": float(len(test))}
     metrics.update(holdout_metrics(test_land, test, km, test_df.iloc[test_rows]))
     proto = export_onnx(model, doc=f"bid-shading landscape on {FEATURE_SERVICE}")
-    check = parity(model, proto, test.x[:5000] if len(test) else tr.x[:5000])
+    check = parity(model, proto, test.x[:20000] if len(test) else va.x[:20000])
     metrics.update({f"onnx_{k}": v for k, v in check.items()})
     if check["within_1e-5"] < 0.999 or check["within_1e-3"] < 1.0:
-        raise DataError(f"shading ONNX export differs from torch: {check}")
+        raise AdPlatformError(f"shading ONNX export differs from torch: {check}")
 
     evaluation: dict[str, float] = {}
     if evaluate and (settings.workspace.truth / "truth").exists():
@@ -270,15 +271,15 @@ def train_shading(settings: Settings, config: ShadingConfig | None = None, *,
         evaluation = evaluate_simulator(settings, test_df.iloc[test_rows]["request_id"],
                                         test_land, train_all, km=km)
         metrics.update({f"sim_{k}": v for k, v in evaluation.items()})
-    if evaluate:
+    if evaluate and drsa:
         from training.loaders.datasets import available
         from training.shading_eval import evaluate_drsa
 
         if available("ipinyou_2259_bid_landscape_drsa"):
-            drsa = evaluate_drsa()
-            evaluation.update({"loglik_model": drsa["loglik_model"],
-                               "loglik_km": drsa["loglik_km"]})
-            metrics.update({f"drsa_{k}": v for k, v in drsa.items()})
+            on_drsa = evaluate_drsa()
+            evaluation.update({"loglik_model": on_drsa["loglik_model"],
+                               "loglik_km": on_drsa["loglik_km"]})
+            metrics.update({f"drsa_{k}": v for k, v in on_drsa.items()})
 
     window = (f"{train_df['event_timestamp'].min().isoformat()}/"
               f"{train_df['event_timestamp'].max().isoformat()}")
