@@ -17,7 +17,9 @@ metric with
 
 Verdicts, per metric and arm, at level ``alpha``: ``better`` / ``worse`` (metrics with a
 direction: CTR, CPC, ...), ``higher`` / ``lower`` (neutral ones: bid rate, spend),
-``inconclusive``, or ``insufficient data``. An SRM makes every verdict untrustworthy;
+``inconclusive``, or ``insufficient data`` (also when fewer than ``MIN_EVENT_UNITS``
+units of an arm carry the metric's numerator, e.g. a CVR with 3 conversions). An SRM
+makes every verdict untrustworthy;
 the report says so first.
 
 The experiment (:class:`ExperimentSpec`) names its arms and planned split. A decision
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -297,8 +299,19 @@ class ABReport:
 # ---------------------------------------------------------------------- computing
 
 
-def _verdict(comp: Comparison, better: int, significant: bool) -> str:
-    if math.isnan(comp.diff) or math.isnan(comp.diff_se) or comp.diff_se == 0:
+# A ratio metric's delta-method interval needs events on both sides: with a handful of
+# units carrying the numerator (e.g. 0 conversions in the control arm) the variance
+# estimate is itself noise and a "significant" lift of -4000% is an artefact.
+MIN_EVENT_UNITS = 10
+
+
+def _enough_events(arms: Sequence[_ArmData], numerator: str) -> bool:
+    return all(int(np.count_nonzero(a.total(numerator))) >= MIN_EVENT_UNITS for a in arms)
+
+
+def _verdict(comp: Comparison, better: int, significant: bool, enough: bool = True) -> str:
+    if (not enough or math.isnan(comp.diff) or math.isnan(comp.diff_se)
+            or comp.diff_se == 0):
         return "insufficient data"
     if not significant:
         return "inconclusive"
@@ -482,13 +495,14 @@ def _compare(spec: ExperimentSpec, arms: Mapping[str, _ArmData], pre: pd.DataFra
             p_seq = sequential_pvalues(running[m.name][spec.control], running[m.name][t],
                                        tau_rel=tau_rel, min_units=min_units)
             seq[m.name][t] = p_seq.tolist()
-            hit = np.flatnonzero(p_seq <= alpha)
+            enough = _enough_events((c, ta), m.numerator)
+            hit = np.flatnonzero(p_seq <= alpha) if enough else np.array([], dtype=np.int64)
             results.append(MetricResult(
                 metric=m.name, label=m.label, arm=t, control=spec.control, better=m.better,
                 comparison=comp, plain=plain_kept,
-                verdict=_verdict(comp, m.better, comp.significant(alpha)),
+                verdict=_verdict(comp, m.better, comp.significant(alpha), enough),
                 sequential_p=float(p_seq[-1]),
-                sequential_verdict=_verdict(plain, m.better, bool(p_seq[-1] <= alpha)),
+                sequential_verdict=_verdict(plain, m.better, bool(p_seq[-1] <= alpha), enough),
                 first_significant_look=looks[int(hit[0])] if len(hit) else None))
     return results, Timeline(looks, value, lo, hi, seq)
 

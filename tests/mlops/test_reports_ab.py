@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -207,3 +208,17 @@ def test_public_api_resolves() -> None:
         assert getattr(reports, name) is not None
     with pytest.raises(AttributeError):
         reports.__getattr__("nope")
+
+
+def test_a_metric_without_events_in_one_arm_is_insufficient_data(
+        lifted: tuple[pd.DataFrame, Outcomes]) -> None:
+    decisions, outcomes = lifted
+    # Drop every conversion of the control arm: CVR's control side is 0/N.
+    control = set(decisions.loc[decisions["variant"] == "exp:control", "request_id"])
+    kept = outcomes.conversions[~outcomes.conversions["request_id"].isin(control)]
+    rep = ab_report(decisions, dataclasses.replace(outcomes, conversions=kept), spec(),
+                    campaigns=CAMPAIGNS)
+    cvr = rep.result("cvr")
+    assert cvr.verdict == "insufficient data" and cvr.sequential_verdict == "insufficient data"
+    assert cvr.first_significant_look is None
+    assert rep.result("ctr").verdict == "better"         # other metrics are unaffected
