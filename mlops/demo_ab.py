@@ -38,9 +38,7 @@ if TYPE_CHECKING:
     from decisioning.engine import DecisionEngine
     from decisioning.experiments import Experiment
     from mlops.demo import LiveStats
-    from mlops.registry_sidecar import RegistrySidecar
     from mlops.reports.ab import ABReport, ExperimentSpec
-    from serving.onnx_backend import OnnxBackend
     from simulator import LiveExchange
     from training.ctr import CTRConfig
 
@@ -84,24 +82,6 @@ def write_spec(settings: Settings, spec: ExperimentSpec) -> Path:
     return path
 
 
-def alias_set_backend(registry: RegistrySidecar, aliases: dict[str, str]) -> OnnxBackend:
-    """An in-process ONNX backend serving ``models:/<name>@aliases[name]`` (``champion``
-    for models not named); models without that alias are left out, except ``ctr``."""
-    from mlops.errors import ModelNotFound
-    from serving.onnx_backend import ModelFile, OnnxBackend
-
-    files = []
-    for name in ("ctr", "fraud", "shading"):
-        try:
-            m = registry.resolve(name, aliases.get(name, CONTROL))
-        except ModelNotFound:
-            if name == "ctr":
-                raise
-            continue
-        files.append(ModelFile(name=name, version=m.version, path=m.onnx_path))
-    return OnnxBackend(files)
-
-
 def build_experiment_engine(settings: Settings, *, name: str = EXPERIMENT,
                             share: float = 0.5) -> DecisionEngine:
     """The decision engine of ``adplatform serve`` with ``ctr@challenger`` on ``share``."""
@@ -111,7 +91,7 @@ def build_experiment_engine(settings: Settings, *, name: str = EXPERIMENT,
     from features.reader import OnlineReader
     from features.store import open_store
     from mlops.registry_sidecar import RegistrySidecar
-    from mlops.serve import build_pricer, fraud_threshold
+    from mlops.serve import build_pricer, fraud_threshold, onnx_backend
 
     if settings.backend != "onnx":
         raise ConfigError(f"the demo experiment serves in-process ONNX, not {settings.backend!r}")
@@ -119,8 +99,8 @@ def build_experiment_engine(settings: Settings, *, name: str = EXPERIMENT,
     with RegistrySidecar(settings) as registry:
         config = EngineConfig(seed=settings.seed, fraud_threshold=fraud_threshold(
             settings, registry=registry) or 0.5)
-        champion = alias_set_backend(registry, {})
-        challenger = alias_set_backend(registry, {"ctr": TREATMENT})
+        champion = onnx_backend(registry)
+        challenger = onnx_backend(registry, {"ctr": TREATMENT})
     return DecisionEngine(
         featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
         models=champion,
@@ -228,7 +208,7 @@ def run_ab(settings: Settings, live: LiveExchange, *, auctions: int, port: int,
     return ABRun(name, champion, challenger, stats, report, html, js, spec_path)
 
 
-__all__ = ["CONTROL", "EXPERIMENT", "TREATMENT", "ABRun", "alias_set_backend",
+__all__ = ["CONTROL", "EXPERIMENT", "TREATMENT", "ABRun",
            "build_experiment", "build_experiment_engine", "challenger_config",
            "experiment_spec", "main", "run_ab", "serve_experiment", "service_argv",
            "write_spec"]
