@@ -19,7 +19,9 @@ from features.store import open_store
 
 pytestmark = pytest.mark.services
 
-REDIS_URL = "redis://127.0.0.1:6379/15"     # a database of its own: other users keep db 0
+# A database of its own, flushed here: the stream tests (db 15) and the services (db 0)
+# may run at the same time on another xdist worker.
+REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 @pytest.fixture(scope="module")
