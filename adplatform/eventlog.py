@@ -97,9 +97,17 @@ def _check_table(table: str) -> pa.Schema:
         raise DataError(f"unknown event table {table!r}; known: {', '.join(TABLES)}") from None
 
 
-def to_arrow(table: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Conform rows to the table's schema (column order, types); extra columns are an error."""
+def to_arrow(table: str, rows: pa.Table | pd.DataFrame | Iterable[Mapping[str, Any]]
+             ) -> pa.Table:
+    """Conform rows to the table's schema (column order, types); extra columns are an error.
+
+    An Arrow table must have the schema already (the decision log builds it so)."""
     schema = _check_table(table)
+    if isinstance(rows, pa.Table):
+        if not rows.schema.equals(schema):
+            raise DataError(f"{table}: Arrow schema differs from v{SCHEMA_VERSION}: "
+                            f"{rows.schema} != {schema}")
+        return rows
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     extra = set(df.columns) - set(schema.names)
     if extra:
@@ -113,8 +121,9 @@ def to_arrow(table: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pa
     return pa.Table.from_pandas(df, schema=schema, preserve_index=False)
 
 
-def write_events(root: Path, table: str, rows: pd.DataFrame | Iterable[Mapping[str, Any]],
-                 *, part: int = 0) -> list[Path]:
+def write_events(root: Path, table: str,
+                 rows: pa.Table | pd.DataFrame | Iterable[Mapping[str, Any]], *,
+                 part: int = 0) -> list[Path]:
     """Write rows into day partitions under ``root/table``; returns the files written.
 
     Rows are sorted by (ts, request_id, imp_id) so that output is deterministic.

@@ -73,6 +73,21 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env},
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
+    def settle(self, *, idle_share: float = 0.1, window_s: float = 0.5,
+               timeout_s: float = 120.0) -> float:
+        """Wait until the server is idle (CPU below ``idle_share`` of a core over a
+        window): an overloaded server keeps working through its backlog after the load
+        generator stops, and would take CPU from whatever is measured next. Returns the
+        seconds waited."""
+        import psutil
+
+        proc = psutil.Process(self.proc.pid)
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s and self.proc.poll() is None:
+            if proc.cpu_percent(interval=window_s) < 100.0 * idle_share:
+                break
+        return time.monotonic() - start
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -39,7 +39,7 @@ def run(settings: Settings, *, rates: list[float], duration_s: float, seed: int)
     log_dir.mkdir(parents=True, exist_ok=True)
     trivial = ("import uvicorn; from bench.trivial_app import create_app; "
                f"uvicorn.run(create_app(), host='127.0.0.1', port={port_t}, "
-               "log_level='warning', access_log=False)")
+               "log_level='warning', access_log=False, timeout_keep_alive=75)")
     decision = (f"import sys; sys.argv = ['adplatform', 'serve', '--port', '{port_d}']; "
                 "from mlops.cli import main; main()")
     with Server(trivial, env, log_dir / "trivial.log"), \

@@ -34,15 +34,22 @@ class LoadResult:
         return len(self.latencies_ms) / self.duration_s if self.duration_s else 0.0
 
 
+class _StaleConnection(ConnectionError):
+    """The server had closed the connection before answering (nothing was read)."""
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
     async def request(self, raw: bytes) -> int:
         self.writer.write(raw)
-        status_line = await self.reader.readline()
+        try:
+            status_line = await self.reader.readline()
+        except ConnectionResetError as exc:
+            raise _StaleConnection(str(exc)) from exc
         if not status_line:
-            raise ConnectionError("server closed the connection")
+            raise _StaleConnection("server closed the connection")
         status = int(status_line.split(b" ", 2)[1])
         length = 0
         while True:
@@ -71,29 +78,41 @@ async def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float
 
     async def one(i: int, due: float) -> None:
         nonlocal open_conns
-        conn = idle.pop() if idle else None
-        if conn is None:
-            if open_conns >= max_conns:
-                result.errors += 1            # counted as a failure: the pool is exhausted
-                return
-            open_conns += 1
+        for attempt in range(2):
+            reused = bool(idle)
+            conn = idle.pop() if idle else None
+            if conn is None:
+                if open_conns >= max_conns:
+                    result.errors += 1        # counted as a failure: the pool is exhausted
+                    return
+                open_conns += 1
+                try:
+                    conn = _Conn(*await asyncio.open_connection(host, port))
+                except OSError:
+                    open_conns -= 1
+                    result.errors += 1
+                    return
             try:
-                conn = _Conn(*await asyncio.open_connection(host, port))
-            except OSError:
+                status = await conn.request(raws[i % len(raws)])
+            except _StaleConnection:
+                # The server closed this keep-alive connection while it sat idle in the
+                # pool, before reading the request: a client retries that on a fresh one
+                # (as HTTP clients do); the latency still counts from the due time.
+                open_conns -= 1
+                if reused and attempt == 0:
+                    continue
+                result.errors += 1
+                return
+            except (OSError, ConnectionError, ValueError, IndexError):
                 open_conns -= 1
                 result.errors += 1
                 return
-        try:
-            status = await conn.request(raws[i % len(raws)])
-        except (OSError, ConnectionError, ValueError, IndexError):
-            open_conns -= 1
-            result.errors += 1
+            result.latencies_ms.append((loop.time() - due) * 1000.0)
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status >= 500:
+                result.errors += 1
+            idle.append(conn)
             return
-        result.latencies_ms.append((loop.time() - due) * 1000.0)
-        result.statuses[status] = result.statuses.get(status, 0) + 1
-        if status >= 500:
-            result.errors += 1
-        idle.append(conn)
 
     for i in range(n):
         due = start + i / rate

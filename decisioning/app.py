@@ -18,8 +18,9 @@ tests) a middleware stamps it with the engine's clock on entry. The engine compa
 with the request's ``tmax``: a request that waited in the queue past its budget is shed
 at once with a no-bid (still logged).
 
-The bid route reads the raw body, parses it once, calls ``engine.decide`` and writes
-the response with the response model's Rust serialiser. By default ``decide`` runs on
+The bid routes are answered before FastAPI's routing (:class:`_DecisionAPI`): on raw
+ASGI messages, the handler reads the body (bounded), parses it once, calls
+``engine.decide`` and writes the response with the response model's Rust serialiser. By default ``decide`` runs on
 the event-loop thread: with the in-process ONNX backend, a cached online reader and an
 in-memory ledger it is CPU-only and well under a millisecond. When the featurizer,
 backend or ledger talk to the network (Redis, Triton, BentoML), pass
@@ -31,6 +32,7 @@ service (flushing their logs) on shutdown.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,6 +61,8 @@ from decisioning.openrtb import parse_request
 _JSON = "application/json"
 RECEIVED_PERF = "adplatform.received_perf"      # set by decisioning.server's protocol
 RECEIVED_AT = "adplatform.received_at"          # engine-clock stamp used by the routes
+
+logger = logging.getLogger(__name__)
 
 
 def _json(content: object, status: int = 200) -> Response:
@@ -90,6 +94,122 @@ class ReceiveStamp:
         await self.app(scope, receive, send)
 
 
+_Headers = list[tuple[bytes, bytes]]
+
+
+class _BidHandler:
+    """The bid route on raw ASGI messages: stamp, authorise, read the body (bounded),
+    parse, decide, serialise. Returns (status, headers, body)."""
+
+    def __init__(self, engine: DecisionEngine, *, keys: tuple[bytes, ...],
+                 max_body_bytes: int, in_threadpool: bool) -> None:
+        self.engine, self.keys, self.limit = engine, keys, max_body_bytes
+        self.in_threadpool = in_threadpool
+        self.system_clock = isinstance(engine.clock, SystemClock)
+        self.too_large = _error_body(f"bid request larger than {max_body_bytes} bytes")
+
+    def authorised(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        given = b""
+        for name, value in headers:
+            if name == b"x-api-key":
+                given = value.strip()
+                break
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+        return bool(given) and any(hmac.compare_digest(given, k) for k in self.keys)
+
+    def received_at(self, scope: Scope) -> float:
+        stamp = scope.get(RECEIVED_AT)
+        if stamp is None:
+            perf = scope.get(RECEIVED_PERF)
+            stamp = perf if perf is not None and self.system_clock \
+                else self.engine.clock.monotonic()
+        return float(stamp)
+
+    async def __call__(self, scope: Scope, receive: Receive,
+                       version: str) -> tuple[int, _Headers, bytes]:
+        received_at = self.received_at(scope)
+        headers: Sequence[tuple[bytes, bytes]] = scope["headers"]
+        if self.keys and not self.authorised(headers):
+            return 401, _JSON_HEADERS, _error_body("missing or unknown API key")
+        for name, value in headers:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.limit:
+                    return 413, _JSON_HEADERS, self.too_large
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:                                 # bounded even without content-length
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return 400, _JSON_HEADERS, _error_body("client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return 413, _JSON_HEADERS, self.too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            req = parse_request(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        except InvalidRequest as exc:
+            detail = [{"path": p, "message": m} for p, m in exc.problems]
+            return 400, _JSON_HEADERS, _error_body(str(exc), detail)
+        if self.in_threadpool:
+            resp = await run_in_threadpool(self.engine.decide, req, received_at)
+        else:
+            resp = self.engine.decide(req, received_at)
+        version_header = (b"x-openrtb-version", version.encode())
+        if resp is None:
+            return 204, [version_header], b""
+        return 200, [*_JSON_HEADERS, version_header], resp.to_json()
+
+
+class _DecisionAPI(FastAPI):
+    """FastAPI with the two bid routes answered before routing.
+
+    ``POST /openrtb/2.x/bid`` is the hot path (every auction): it goes straight to the
+    :class:`_BidHandler` from here, skipping Starlette's middleware stack, router and
+    FastAPI's dependency machinery (about a third of the per-request server cost of a
+    trivial handler). Every other path, and the bid paths under a root path, take the
+    normal routes, which call the same handler.
+    """
+
+    _BID_PATHS = {"/openrtb/2.6/bid": "2.6", "/openrtb/2.5/bid": "2.5"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            version = self._BID_PATHS.get(scope["path"])
+            handle: _BidHandler | None = getattr(self.state, "bid_handler", None)
+            if version is not None and handle is not None and not scope.get("root_path"):
+                await _answer(send, *await _guarded(handle, scope, receive, version))
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def _guarded(handle: _BidHandler, scope: Scope, receive: Receive,
+                   version: str) -> tuple[int, _Headers, bytes]:
+    try:
+        return await handle(scope, receive, version)
+    except Exception:   # noqa: BLE001 - what ServerErrorMiddleware does on the slow path
+        logger.exception("bid handler failed")
+        return 500, _JSON_HEADERS, _error_body("internal error")
+
+
+async def _answer(send: Send, status: int, headers: _Headers, body: bytes) -> None:
+    if status != 204:          # a 204 carries no body and no content-length (RFC 9110)
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_body(message: str, detail: object = None) -> bytes:
+    return orjson.dumps({"error": message, "detail": detail})
+
+
+_JSON_HEADERS: _Headers = [(b"content-type", _JSON.encode())]
+
+
 def create_app(engine: DecisionEngine, *, api_keys: Sequence[str] = (),
                decide_in_threadpool: bool = False, max_body_bytes: int = 1 << 20,
                notices: NoticeService | None = None, docs: bool = True) -> FastAPI:
@@ -100,7 +220,6 @@ def create_app(engine: DecisionEngine, *, api_keys: Sequence[str] = (),
     (exchanges and browsers fire notices without our keys).
     """
     keys = tuple(k.encode() for k in api_keys if k)
-    too_large = f"bid request larger than {max_body_bytes} bytes"
     registry = CollectorRegistry(auto_describe=True)
     registry.register(DecisionCollector(engine, notices))
 
@@ -113,7 +232,7 @@ def create_app(engine: DecisionEngine, *, api_keys: Sequence[str] = (),
             if notices is not None:
                 await anyio.to_thread.run_sync(notices.close)
 
-    app = FastAPI(title="AdPlatform decisioning", lifespan=lifespan,
+    app = _DecisionAPI(title="AdPlatform decisioning", lifespan=lifespan,
                   docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None,
                   description="OpenRTB 2.5/2.6 bidder: bid requests in, bids out; "
@@ -121,50 +240,18 @@ def create_app(engine: DecisionEngine, *, api_keys: Sequence[str] = (),
     app.state.engine = engine
     app.state.notices = notices
     app.add_middleware(ReceiveStamp, clock=engine.clock)
-    clock = engine.clock
 
-    def authorised(request: Request) -> bool:
-        given = request.headers.get("x-api-key")
-        if given is None:
-            auth = request.headers.get("authorization", "")
-            if auth[:7].lower() == "bearer ":
-                given = auth[7:].strip()
-        if not given:
-            return False
-        raw = given.encode()
-        return any(hmac.compare_digest(raw, k) for k in keys)
+    handle = _BidHandler(engine, keys=keys, max_body_bytes=max_body_bytes,
+                         in_threadpool=decide_in_threadpool)
+    app.state.bid_handler = handle
 
     def bid_route(version: str) -> Callable[[Request], Awaitable[Response]]:
-        headers = {"x-openrtb-version": version}
-
+        # Reached only when the fast path in _DecisionAPI.__call__ does not match (an app
+        # mounted under a root path); the same handler answers either way.
         async def bid(request: Request) -> Response:
-            received_at = request.scope.get(RECEIVED_AT)
-            if received_at is None:
-                received_at = clock.monotonic()
-            if keys and not authorised(request):
-                return _error(401, "missing or unknown API key")
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_body_bytes:
-                return _error(413, too_large)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in request.stream():    # bounded even without content-length
-                size += len(chunk)
-                if size > max_body_bytes:
-                    return _error(413, too_large)
-                chunks.append(chunk)
-            try:
-                req = parse_request(b"".join(chunks))
-            except InvalidRequest as exc:
-                detail = [{"path": p, "message": m} for p, m in exc.problems]
-                return _error(400, str(exc), detail)
-            if decide_in_threadpool:
-                resp = await run_in_threadpool(engine.decide, req, received_at)
-            else:
-                resp = engine.decide(req, received_at)
-            if resp is None:
-                return Response(status_code=204, headers=headers)
-            return Response(resp.to_json(), media_type=_JSON, headers=headers)
+            status, headers, body = await handle(request.scope, request.receive, version)
+            return Response(body, status_code=status,
+                            headers={k.decode(): v.decode() for k, v in headers})
 
         bid.__name__ = f"bid_{version.replace('.', '_')}"
         return bid

@@ -128,6 +128,7 @@ class _Outcome:
     propensity: float = 1.0
     model_version: str = ""
     feature_service: str = ""
+    policy: str = ""                    # the pricing policy applied; "" before pricing
 
 
 @dataclass(slots=True)
@@ -242,7 +243,7 @@ class DecisionEngine:
             price=o.price, campaign_id=o.candidate.campaign.campaign_id if o.candidate else "",
             creative_id=o.candidate.creative.creative_id if o.candidate else "",
             reason=o.reason, pctr=o.pctr, value=o.value, propensity=o.propensity,
-            policy=policy, variant=variant.name, model_version=o.model_version,
+            policy=o.policy or policy, variant=variant.name, model_version=o.model_version,
             feature_service=o.feature_service, latency_ms=latency_ms) for o in outcomes])
         self._count_outcomes(outcomes, latency_ms / 1000.0, shed, facts.privacy)
         if shadows and self._shadow is not None:
@@ -411,7 +412,9 @@ class DecisionEngine:
                               pctr.shape[0], len(cands))
             return _Outcome(imp_id, "model_error", model_version=model_version,
                             feature_service=feature_service)
-        pctr = np.clip(np.nan_to_num(pctr, nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0)
+        # Non-finite -> 0, then into [0, 1]; plain ufuncs (nan_to_num and clip cost ~10x
+        # more in Python-level overhead on a handful of values).
+        pctr = np.minimum(np.maximum(np.where(np.isfinite(pctr), pctr, 0.0), 0.0), 1.0)
         values = pctr * np.fromiter((c.value_per_click for c in cands), np.float64, len(cands))
         best = int(np.argmax(values))
         cfg = self.config
@@ -421,11 +424,12 @@ class DecisionEngine:
                             model_version=model_version, feature_service=feature_service)
         prices = np.asarray(pricer.price(values, ctx, scores, first_price=first_price),
                             dtype=np.float64)
+        policy = pricer.policy_for(scores, len(cands))
         ok = np.flatnonzero((prices >= floor) & (prices > 0.0) & np.isfinite(prices))
         if ok.size == 0:
             return _Outcome(imp_id, "below_floor", pctr=float(pctr[best]),
                             value=float(values[best]), model_version=model_version,
-                            feature_service=feature_service)
+                            feature_service=feature_service, policy=policy)
         best = int(ok[np.argmax(values[ok])])
         choice, propensity = best, 1.0
         if explore > 0.0:
@@ -436,7 +440,7 @@ class DecisionEngine:
         return _Outcome(imp_id, "bid", candidate=cands[choice], price=float(prices[choice]),
                         pctr=float(pctr[choice]), value=float(values[choice]),
                         propensity=propensity, model_version=model_version,
-                        feature_service=feature_service)
+                        feature_service=feature_service, policy=policy)
 
     def _inputs(self, ctx: RequestContext,
                 ads: Sequence[AdRef]) -> tuple[AuctionInputs | None, str]:
@@ -522,7 +526,7 @@ class DecisionEngine:
                 price=o.price, campaign_id=cand.campaign.campaign_id if cand else "",
                 creative_id=cand.creative.creative_id if cand else "", reason=o.reason,
                 pctr=o.pctr, value=o.value, propensity=1.0,
-                policy=(job.variant.policy or self.pricer).policy,
+                policy=o.policy or (job.variant.policy or self.pricer).policy,
                 variant=f"{job.variant.name}:shadow:{alias}", model_version=o.model_version,
                 feature_service=o.feature_service,
                 latency_ms=(self.clock.monotonic() - job.received_at) * 1000.0)])

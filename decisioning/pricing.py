@@ -31,6 +31,11 @@ class BidPricer(Protocol):
         """
         ...
 
+    def policy_for(self, scores: AuctionScores, n: int) -> str:
+        """The policy that :meth:`price` applies to these scores for ``n`` candidates
+        (a model-based pricer that falls back names its fallback): the logged label."""
+        ...
+
 
 class ShadeFactorPricer:
     """price = value × factor in first-price auctions, = value in second-price ones."""
@@ -48,6 +53,9 @@ class ShadeFactorPricer:
     def price(self, values: np.ndarray, ctx: RequestContext, scores: AuctionScores, *,
               first_price: bool) -> np.ndarray:
         return values * self.factor if first_price else values
+
+    def policy_for(self, scores: AuctionScores, n: int) -> str:
+        return self._policy
 
 
 __all__ = ["BidPricer", "ShadeFactorPricer"]

@@ -54,11 +54,9 @@ def crawler_regex(shared_data: Path | None = None) -> re.Pattern[str]:
 
 
 @lru_cache(maxsize=1)
-def _dc_networks() -> tuple[np.ndarray, np.ndarray]:
+def _dc_ranges() -> tuple[tuple[int, int], ...]:
     nets = [ipaddress.ip_network(c) for c in DATACENTER_CIDRS]
-    lo = np.array([int(n.network_address) for n in nets], dtype=np.int64)
-    hi = np.array([int(n.broadcast_address) for n in nets], dtype=np.int64)
-    return lo, hi
+    return tuple((int(n.network_address), int(n.broadcast_address)) for n in nets)
 
 
 def _ipv4(ip: str) -> int:
@@ -68,10 +66,13 @@ def _ipv4(ip: str) -> int:
         return -1
 
 
+def _is_datacenter_one(ip: str) -> bool:
+    x = _ipv4(ip)
+    return x >= 0 and any(lo <= x <= hi for lo, hi in _dc_ranges())
+
+
 def is_datacenter(ips: Sequence[str]) -> np.ndarray:
-    lo, hi = _dc_networks()
-    x = np.array([_ipv4(i) for i in ips], dtype=np.int64)[:, None]   # (N, 1)
-    return np.asarray(((x >= lo) & (x <= hi)).any(axis=1))          # (N,)
+    return np.fromiter((_is_datacenter_one(i) for i in ips), dtype=bool, count=len(ips))
 
 
 @lru_cache(maxsize=65_536)
@@ -84,6 +85,17 @@ def is_crawler(uas: Sequence[str], shared_data: Path | None = None) -> np.ndarra
     return np.array([_is_crawler_one(ua, shared_data) for ua in uas], dtype=bool)
 
 
+#: The columns of :func:`ivt_columns`, in the order :func:`ivt_values` returns them.
+IVT_COLUMNS = ("ua_crawler", "dc_ip", "ua_len")
+
+
+def ivt_values(ip: str, ua: str, shared_data: Path | None = None) -> tuple[float, float, float]:
+    """The IVT columns of one request (the serving path): crawler UA, data-centre IP,
+    UA length."""
+    return (float(_is_crawler_one(ua, shared_data)), float(_is_datacenter_one(ip)),
+            float(len(ua)))
+
+
 def ivt_columns(ips: Sequence[str], uas: Sequence[str], shared_data: Path | None = None
                 ) -> dict[str, np.ndarray]:
     """On-demand IVT columns for the fraud features: crawler UA, data-centre IP, UA length."""
@@ -92,5 +104,5 @@ def ivt_columns(ips: Sequence[str], uas: Sequence[str], shared_data: Path | None
             "ua_len": np.array([len(u) for u in uas], dtype=np.float64)}
 
 
-__all__ = ["BUILTIN_CRAWLER_PATTERNS", "DATACENTER_CIDRS", "crawler_regex", "is_crawler",
-           "is_datacenter", "ivt_columns"]
+__all__ = ["BUILTIN_CRAWLER_PATTERNS", "DATACENTER_CIDRS", "IVT_COLUMNS", "crawler_regex",
+           "is_crawler", "is_datacenter", "ivt_columns", "ivt_values"]

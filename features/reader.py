@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,15 @@ import numpy as np
 
 from features.context import AdRef, RequestContext
 from features.errors import FeatureStoreError, StoreUnavailable
-from features.ivt import ivt_columns
+from features.ivt import IVT_COLUMNS, ivt_values
 from features.repo import VIEWS
 from features.vectorize import (
+    CONTEXT,
     CTR_RAW,
     FRAUD_RAW,
     SHADING_RAW,
+    ColumnBlock,
+    ColumnLayout,
     ctr_matrix,
     format_code,
     fraud_matrix,
@@ -60,15 +64,19 @@ class CacheStats:
         return self.hits / total if total else 0.0
 
 
+# (view, entity key) -> its row; (view, (key, ...)) -> the rows of a whole key list
+_CacheKey = tuple[str, str | tuple[str, ...]]
+
+
 class _TTLCache:
     """LRU of (view, key) -> row, bounded in size and age."""
 
     def __init__(self, size: int, ttl_s: float, clock: Callable[[], float]) -> None:
-        self._data: OrderedDict[tuple[str, str], tuple[float, np.ndarray]] = OrderedDict()
+        self._data: OrderedDict[_CacheKey, tuple[float, np.ndarray]] = OrderedDict()
         self._size, self._ttl, self._clock = size, ttl_s, clock
         self.stats = CacheStats()
 
-    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+    def get(self, key: _CacheKey) -> np.ndarray | None:
         item = self._data.get(key)
         if item is None or item[0] < self._clock():
             self.stats.misses += 1
@@ -77,7 +85,7 @@ class _TTLCache:
         self.stats.hits += 1
         return item[1]
 
-    def put(self, key: tuple[str, str], row: np.ndarray) -> None:
+    def put(self, key: _CacheKey, row: np.ndarray) -> None:
         self._data[key] = (self._clock() + self._ttl, row)
         self._data.move_to_end(key)
         while len(self._data) > self._size:
@@ -85,6 +93,12 @@ class _TTLCache:
 
     def clear(self) -> None:
         self._data.clear()
+
+
+def _sqlite_store() -> type:
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    return SqliteOnlineStore
 
 
 def _decode(value: Any) -> float:
@@ -113,6 +127,7 @@ class OnlineReader:
         self._cache = _TTLCache(cfg.cache_size, cfg.cache_ttl_s, clock) if cfg.cache_size else None
         self.feature_service = "ctr_v1"
         self._shared_data = shared_data
+        self._plan = _AuctionPlan(self._fields)
 
     @property
     def cache_stats(self) -> CacheStats:
@@ -129,12 +144,23 @@ class OnlineReader:
     def read_views(self, requests: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
         """Several views at once: cache first, then ONE store round trip for the rest.
 
-        On Redis all misses of all views go out in a single pipeline; other stores are
-        read view by view through Feast's ``online_read``.
+        On Redis all misses of all views go out in a single pipeline and on SQLite in a
+        single query (both in Feast's own key and value encoding); other stores are read
+        view by view through Feast's ``online_read``.
         """
         out: dict[str, np.ndarray] = {}
         todo: dict[str, list[int]] = {}
+        batches: list[tuple[str, tuple[str, ...]]] = []
         for view, keys in requests.items():
+            if len(keys) > 1 and self._cache is not None:
+                # An auction's candidate list repeats: one entry for the whole list saves
+                # a lookup per candidate (same TTL; the rows are also cached one by one).
+                whole = (view, tuple(keys))
+                rows = self._cache.get(whole)
+                if rows is not None:
+                    out[view] = rows.copy()
+                    continue
+                batches.append(whole)
             arr = np.full((len(keys), len(self._fields[view])), np.nan)
             out[view] = arr
             for i, k in enumerate(keys):
@@ -146,6 +172,7 @@ class OnlineReader:
                 else:
                     arr[i] = row
         if not todo:
+            self._cache_batches(batches, out)
             return out
         try:
             results = self._fetch({v: [requests[v][i] for i in idx] for v, idx in todo.items()})
@@ -153,21 +180,39 @@ class OnlineReader:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure becomes one typed error
             raise StoreUnavailable(f"online store read failed: {exc}") from exc
+        nan = np.nan
         for view, idx in todo.items():
             fields, keys, arr = self._fields[view], requests[view], out[view]
-            for i, (_, values) in zip(idx, results[view], strict=True):
+            for i, values in zip(idx, results[view], strict=True):
                 if values is not None:
-                    arr[i] = [_decode(values[f]) if f in values else np.nan for f in fields]
+                    arr[i] = [values.get(f, nan) for f in fields]
                 if self._cache is not None:
                     self._cache.put((view, keys[i]), arr[i].copy())
+        self._cache_batches(batches, out)
         return out
+
+    def _cache_batches(self, batches: list[tuple[str, tuple[str, ...]]],
+                       out: dict[str, np.ndarray]) -> None:
+        if self._cache is not None:
+            for whole in batches:
+                self._cache.put(whole, out[whole[0]].copy())
 
     def _protos(self, view: str, keys: Sequence[str]) -> list[Any]:
         join_key = self._keys[view]
         return [self._entity_key(join_keys=[join_key], entity_values=[self._value(string_val=k)])
                 for k in keys]
 
-    def _fetch(self, misses: dict[str, list[str]]) -> dict[str, list[Any]]:
+    def _fetch(self, misses: dict[str, list[str]]) -> dict[str, list[dict[str, float] | None]]:
+        """Per view, per key: field -> value (None: the entity is unknown)."""
+        online: Any = self._online
+        if isinstance(online, _sqlite_store()):
+            return self._fetch_sqlite(misses)
+        return {view: [None if values is None else
+                       {f: _decode(v) for f, v in values.items()}
+                       for _, values in rows]
+                for view, rows in self._fetch_protos(misses).items()}
+
+    def _fetch_protos(self, misses: dict[str, list[str]]) -> dict[str, list[Any]]:
         online: Any = self._online
         config = self._repo_config
         if not hasattr(online, "_read_hash_fields"):
@@ -189,43 +234,114 @@ class OnlineReader:
                     values[start:start + n], view, wanted)
                 for view, start, n, wanted in spans}
 
-    def raw_columns(self, ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:
-        """Every stored column one auction needs: (K,) for ads, scalars broadcast to (K,)."""
+    def _fetch_sqlite(self, misses: dict[str, list[str]]
+                      ) -> dict[str, list[dict[str, float] | None]]:
+        """Feast's SQLite ``online_read`` for several views in one ``UNION ALL`` query,
+        without the event timestamps (parsing one datetime per stored field was a third
+        of a read's cost, and the reader does not use them)."""
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+        online: Any = self._online
+        config = self._repo_config
+        version = config.entity_key_serialization_version
+        versioning = config.registry.enable_online_feature_view_versioning
+        parts: list[str] = []
+        params: list[Any] = []
+        serialized: dict[str, list[bytes]] = {}
+        for n, (view, keys) in enumerate(misses.items()):
+            table = _quote_id(_table_id(config.project, self._views[view], versioning))
+            ser = serialized[view] = [serialize_entity_key(p, entity_key_serialization_version=
+                                                           version)
+                                      for p in self._protos(view, keys)]
+            parts.append(f"SELECT {n}, entity_key, feature_name, value FROM {table} "
+                         f"WHERE entity_key IN ({','.join('?' * len(ser))})")
+            params += ser
+        found: list[dict[bytes, dict[str, float]]] = [{} for _ in misses]
+        parse = self._value.FromString
+        for n, key, name, blob in online._get_conn(config).execute(" UNION ALL ".join(parts),
+                                                                   params):
+            found[n].setdefault(key, {})[name] = _decode(parse(blob))
+        return {view: [found[n].get(k) for k in serialized[view]]
+                for n, view in enumerate(misses)}
+
+    def raw_columns(self, ctx: RequestContext, ads: Sequence[AdRef]) -> ColumnBlock:
+        """Every column one auction's matrices are built from, as one (K, C) block: the
+        stored values (NaN when unknown; request-level views repeated on every row),
+        the context and the IVT signals."""
         personal = ctx.personalised and bool(ctx.user_id)
-        k = len(ads)
         rows = self.read_views({
             "user_stats": [ctx.user_id if personal else ""],
             "publisher_stats": [ctx.publisher_id], "ip_stats": [ctx.ip],
             "device_stats": [ctx.device_id], "ad_stats": [a.creative_id for a in ads]})
-        cols: dict[str, np.ndarray] = {}
-        for view in ("user_stats", "publisher_stats", "ip_stats", "device_stats"):
-            row = rows[view][0]
-            for j, f in enumerate(self._fields[view]):
-                cols[f] = np.full(k, row[j])
-        for j, f in enumerate(self._fields["ad_stats"]):
-            cols[f] = rows["ad_stats"][:, j]
-        return cols
+        return self._plan.assemble(ctx, ads, rows, self._shared_data)
 
     def build(self, ctx: RequestContext, ads: Sequence[AdRef]) -> AuctionInputs:
-        return _inputs(self.raw_columns(ctx, ads), ctx, ads, self._shared_data)
+        return _inputs(self.raw_columns(ctx, ads))
 
     def defaults(self, ctx: RequestContext, ads: Sequence[AdRef]) -> AuctionInputs:
-        nan = np.full(len(ads), np.nan)
-        return _inputs({f: nan for f in ALL_RAW}, ctx, ads, self._shared_data)
+        rows = {view: np.full((len(ads) if view == "ad_stats" else 1, len(self._fields[view])),
+                              np.nan) for view in (*_REQUEST_VIEWS, "ad_stats")}
+        return _inputs(self._plan.assemble(ctx, ads, rows, self._shared_data))
 
 
-def _inputs(raw: dict[str, np.ndarray], ctx: RequestContext, ads: Sequence[AdRef],
-            shared_data: Path | None) -> AuctionInputs:
-    context = context_columns(ctx, ads)
-    one = {k: v[:1] for k, v in {**raw, **context}.items()}       # the (1,) request row
-    ivt = ivt_columns([ctx.ip], [ctx.ua], shared_data)
-    return AuctionInputs(ctr=ctr_matrix({**raw, **context}),
-                         fraud=fraud_matrix({**one, **ivt}),
+_REQUEST_VIEWS = ("user_stats", "publisher_stats", "ip_stats", "device_stats")
+
+
+class _AuctionPlan:
+    """Where each view's fields, the context and the IVT signals go in an auction's
+    :class:`ColumnBlock`; built once per reader."""
+
+    def __init__(self, fields: Mapping[str, Sequence[str]]) -> None:
+        views = (*_REQUEST_VIEWS, "ad_stats")
+        self.layout = ColumnLayout([*(f for v in views for f in fields[v]), *CONTEXT,
+                                    *IVT_COLUMNS])
+        self.view_idx = {v: self.layout.take(tuple(fields[v])) for v in views}
+        self.context_idx = self.layout.take(tuple(CONTEXT))
+        self.ivt_idx = self.layout.take(IVT_COLUMNS)
+        self.topic = self.layout.index["topic"]
+
+    def assemble(self, ctx: RequestContext, ads: Sequence[AdRef],
+                 rows: Mapping[str, np.ndarray], shared_data: Path | None) -> ColumnBlock:
+        base = np.empty(len(self.layout))                                # (C,)
+        for view in _REQUEST_VIEWS:
+            base[self.view_idx[view]] = rows[view][0]
+        # CONTEXT order: hour, device_type, is_app, format, w, h, topic (per ad), bidfloor
+        base[self.context_idx] = (ctx.ts.hour, ctx.device_type, float(ctx.is_app),
+                                  format_code(ctx.format), ctx.w, ctx.h, np.nan, ctx.bidfloor)
+        base[self.ivt_idx] = ivt_values(ctx.ip, ctx.ua, shared_data)
+        block = np.empty((len(ads), len(self.layout)))                   # (K, C)
+        block[:] = base
+        block[:, self.view_idx["ad_stats"]] = rows["ad_stats"]
+        block[:, self.topic] = [a.topic for a in ads]
+        return ColumnBlock(self.layout, block)
+
+
+@cache
+def _default_plan() -> _AuctionPlan:
+    return _AuctionPlan({name: fields for name, _, _, fields in VIEWS})
+
+
+def inputs_from_values(values: Mapping[str, float], ctx: RequestContext,
+                       ads: Sequence[AdRef], shared_data: Path | None = None) -> AuctionInputs:
+    """The model inputs :meth:`OnlineReader.build` makes when the store holds ``values``
+    (field -> value; a field left out is unknown): the training/serving parity tests."""
+    fields = {name: fields for name, _, _, fields in VIEWS}
+    rows = {view: np.array([[values.get(f, np.nan) for f in fields[view]]]
+                           * (len(ads) if view == "ad_stats" else 1), dtype=np.float64)
+            for view in (*_REQUEST_VIEWS, "ad_stats")}
+    return _inputs(_default_plan().assemble(ctx, ads, rows, shared_data))
+
+
+def _inputs(cols: ColumnBlock) -> AuctionInputs:
+    one = cols.head(1)                    # the fraud and shading models see the request once
+    return AuctionInputs(ctr=ctr_matrix(cols), fraud=fraud_matrix(one),
                          shading=shading_matrix(one))
 
 
 def context_columns(ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:
-    """On-demand columns for one request and K ads."""
+    """On-demand columns for one request and K ads (as :meth:`OnlineReader.raw_columns`
+    fills them)."""
     k = len(ads)
     return {
         "hour": np.full(k, ctx.ts.hour), "device_type": np.full(k, ctx.device_type),
@@ -236,4 +352,5 @@ def context_columns(ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.n
     }
 
 
-__all__ = ["CacheStats", "OnlineReader", "ReaderConfig", "context_columns"]
+__all__ = ["CacheStats", "OnlineReader", "ReaderConfig", "context_columns",
+           "inputs_from_values"]

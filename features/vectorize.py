@@ -8,7 +8,7 @@ for column, so a model never sees a feature computed two ways.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -43,12 +43,6 @@ def _smooth(clicks: np.ndarray, imps: np.ndarray) -> np.ndarray:
     return (clicks + PRIOR_CTR * PRIOR_WEIGHT) / (imps + PRIOR_WEIGHT)
 
 
-def _nz(x: np.ndarray) -> np.ndarray:
-    # NaN (missing) -> 0. np.where rather than np.nan_to_num: the serving path calls this
-    # ~40 times per auction on 1-20 rows, where nan_to_num's inf handling costs 5x more.
-    return np.where(np.isnan(x), 0.0, x)
-
-
 def _column(cols: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
     """``cols[name]`` as an (n,) float64 array; a scalar (an auction-level value) is
     repeated. An (n,) float64 array is returned as is (the training path's columns)."""
@@ -63,67 +57,144 @@ def _column(cols: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
     return np.broadcast_to(a, (n,))               # raises on a length that does not fit
 
 
+class ColumnLayout:
+    """Column names of a :class:`ColumnBlock`, with the index arrays the builders take."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        if len(self.index) != len(self.names):
+            raise ValueError("ColumnLayout: duplicate column names")
+        self._takes: dict[tuple[str, ...], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def take(self, names: tuple[str, ...]) -> np.ndarray:
+        """The positions of ``names`` (computed once per tuple); KeyError if one is absent."""
+        idx = self._takes.get(names)
+        if idx is None:
+            idx = self._takes[names] = np.array([self.index[n] for n in names], dtype=np.intp)
+        return idx
+
+
+class ColumnBlock(Mapping[str, np.ndarray]):
+    """Named float64 columns held as one (N, C) matrix.
+
+    The serving path writes an auction's raw features straight into one matrix, and the
+    builders below take whole groups of columns from it with one fancy index each:
+    a handful of numpy calls per auction rather than one or more per column. Training
+    passes plain mappings of (N,) columns; both give the same matrices.
+    """
+
+    __slots__ = ("layout", "matrix")
+
+    def __init__(self, layout: ColumnLayout, values: np.ndarray) -> None:
+        if values.ndim != 2 or values.shape[1] != len(layout):
+            raise ValueError(f"ColumnBlock: values {values.shape} do not fit "
+                             f"{len(layout)} columns")
+        self.layout, self.matrix = layout, values
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.matrix[:, self.layout.index[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layout.names)
+
+    def __len__(self) -> int:
+        return len(self.layout)
+
+    def head(self, n: int) -> ColumnBlock:
+        """The first ``n`` rows (a view)."""
+        return ColumnBlock(self.layout, self.matrix[:n])
+
+
+def _rows(cols: Mapping[str, np.ndarray]) -> int:
+    if isinstance(cols, ColumnBlock):
+        return int(cols.matrix.shape[0])
+    return max(np.size(v) for v in cols.values())
+
+
+def _block(cols: Mapping[str, np.ndarray], names: tuple[str, ...], n: int) -> np.ndarray:
+    """(n, len(names)) float64: the named columns side by side (scalars repeated)."""
+    if isinstance(cols, ColumnBlock):
+        return cols.matrix[:, cols.layout.take(names)]
+    out = np.empty((n, len(names)))
+    for j, name in enumerate(names):
+        out[:, j] = _column(cols, name, n)
+    return out
+
+
+# Each builder takes its inputs as one block: the raw store columns first (NaN = missing),
+# then the context columns, which are used as they are.
+_T = N_TOPICS
+_CTR_IN = ("user_imps_7d", "user_clicks_7d", *[f"user_imps_7d_t{t}" for t in range(_T)],
+           *[f"user_clicks_7d_t{t}" for t in range(_T)], "ad_imps_7d", "ad_clicks_7d",
+           "pub_imps_7d", "pub_clicks_7d", *CONTEXT)
+_CTR_N_RAW = 2 * _T + 6
+_TOPIC = _CTR_N_RAW + CONTEXT.index("topic")
+
+
 def ctr_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     """(N, len(CTR_FEATURES)) float32 from raw store columns (NaN = missing) + context.
 
-    ``cols`` maps every name in CTR_RAW and CONTEXT to an (N,) array (scalars broadcast).
+    ``cols`` maps every name in CTR_RAW and CONTEXT to an (N,) array (scalars broadcast),
+    or is a :class:`ColumnBlock` holding them.
     """
-    n = max(np.size(v) for v in cols.values())
-
-    def col(name: str) -> np.ndarray:
-        return _column(cols, name, n)
-
-    user_missing = np.isnan(col("user_imps_7d"))
-    ad_missing = np.isnan(col("ad_imps_7d"))
-    pub_missing = np.isnan(col("pub_imps_7d"))
-    u_imps, u_clicks = _nz(col("user_imps_7d")), _nz(col("user_clicks_7d"))
-    topic = col("topic").astype(np.int64)
-    t_imps = np.stack([_nz(col(f"user_imps_7d_t{t}")) for t in range(N_TOPICS)], axis=1)
-    t_clicks = np.stack([_nz(col(f"user_clicks_7d_t{t}")) for t in range(N_TOPICS)], axis=1)
-    in_range = (topic >= 0) & (topic < N_TOPICS)
-    idx = np.clip(topic, 0, N_TOPICS - 1)
+    n = _rows(cols)
+    x = _block(cols, _CTR_IN, n)                                   # (N, 2T + 6 + 8)
+    raw = x[:, :_CTR_N_RAW]
+    nan = np.isnan(raw)
+    z = np.where(nan, 0.0, raw)                                    # missing -> 0
+    u_imps, u_clicks = z[:, 0], z[:, 1]
+    t_imps, t_clicks = z[:, 2:2 + _T], z[:, 2 + _T:2 + 2 * _T]     # (N, T) each
+    counts = z[:, 2 * _T + 2:]                                     # ad imps, clicks, pub ...
+    topic = x[:, _TOPIC].astype(np.int64)
+    in_range = (topic >= 0) & (topic < _T)
+    idx = np.clip(topic, 0, _T - 1)
     rows = np.arange(n)
-    ut_imps = np.where(in_range, t_imps[rows, idx], 0.0)         # (N,)
+    ut_imps = np.where(in_range, t_imps[rows, idx], 0.0)          # (N,)
     ut_clicks = np.where(in_range, t_clicks[rows, idx], 0.0)
-    a_imps, a_clicks = _nz(col("ad_imps_7d")), _nz(col("ad_clicks_7d"))
-    p_imps, p_clicks = _nz(col("pub_imps_7d")), _nz(col("pub_clicks_7d"))
-    out = np.column_stack([
-        u_imps, u_clicks, _smooth(u_clicks, u_imps),
-        ut_imps, ut_clicks, _smooth(ut_clicks, ut_imps), ut_imps / np.maximum(u_imps, 1.0),
-        *[_smooth(t_clicks[:, t], t_imps[:, t]) for t in range(N_TOPICS)],
-        a_imps, a_clicks, _smooth(a_clicks, a_imps),
-        p_imps, p_clicks, _smooth(p_clicks, p_imps),
-        col("hour"), col("device_type"), col("is_app"), col("format"), col("w"), col("h"),
-        topic.astype(np.float64), col("bidfloor"),
-        user_missing, ad_missing, pub_missing,
-    ])
-    return out.astype(np.float32)                                  # (N, F)
+    out = np.empty((n, len(CTR_FEATURES)), dtype=np.float32)
+    out[:, 0], out[:, 1], out[:, 2] = u_imps, u_clicks, _smooth(u_clicks, u_imps)
+    out[:, 3], out[:, 4] = ut_imps, ut_clicks
+    out[:, 5] = _smooth(ut_clicks, ut_imps)
+    out[:, 6] = ut_imps / np.maximum(u_imps, 1.0)
+    j = 7 + _T
+    out[:, 7:j] = _smooth(t_clicks, t_imps)                        # user_ctr_t0..T-1
+    # ad then pub: imps, clicks, smoothed ctr
+    out[:, j:j + 6:3], out[:, j + 1:j + 6:3] = counts[:, 0::2], counts[:, 1::2]
+    out[:, j + 2:j + 6:3] = _smooth(counts[:, 1::2], counts[:, 0::2])
+    j += 6
+    out[:, j:j + len(CONTEXT)] = x[:, _CTR_N_RAW:]
+    out[:, j + CONTEXT.index("topic")] = topic
+    out[:, j + len(CONTEXT):] = nan[:, [0, 2 * _T + 2, 2 * _T + 4]]  # user, ad, pub missing
+    return out                                                     # (N, F)
 
 
 # Columns the bid-shading model reads: the competition does not depend on our ad, so an
 # auction has one shading row whatever its number of candidates.
 SHADING_RAW = ["pub_requests_7d", "pub_bids_7d", "pub_wins_7d", "pub_mean_paid_7d"]
+SHADING_CONTEXT = ["hour", "device_type", "is_app", "format", "w", "h", "bidfloor"]
 SHADING_FEATURES: list[str] = [
-    "pub_bids", "pub_win_rate", "pub_mean_paid", "pub_missing",
-    "hour", "device_type", "is_app", "format", "w", "h", "bidfloor",
+    "pub_bids", "pub_win_rate", "pub_mean_paid", "pub_missing", *SHADING_CONTEXT,
 ]
+_SHADING_IN = ("pub_bids_7d", "pub_wins_7d", "pub_mean_paid_7d", *SHADING_CONTEXT)
 
 
 def shading_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     """(N, len(SHADING_FEATURES)) float32 from SHADING_RAW (NaN = missing) + context."""
-    n = max(np.size(v) for v in cols.values())
-
-    def col(name: str) -> np.ndarray:
-        return _column(cols, name, n)
-
-    missing = np.isnan(col("pub_bids_7d"))
-    bids, wins = _nz(col("pub_bids_7d")), _nz(col("pub_wins_7d"))
-    out = np.column_stack([
-        bids, (wins + 1.0) / (bids + 2.0), _nz(col("pub_mean_paid_7d")), missing,
-        col("hour"), col("device_type"), col("is_app"), col("format"), col("w"), col("h"),
-        col("bidfloor"),
-    ])
-    return out.astype(np.float32)                                  # (N, F)
+    n = _rows(cols)
+    x = _block(cols, _SHADING_IN, n)                               # (N, 3 + 7)
+    missing = np.isnan(x[:, 0])
+    z = np.where(np.isnan(x[:, :3]), 0.0, x[:, :3])
+    out = np.empty((n, len(SHADING_FEATURES)), dtype=np.float32)
+    out[:, 0] = z[:, 0]
+    out[:, 1] = (z[:, 1] + 1.0) / (z[:, 0] + 2.0)
+    out[:, 2] = z[:, 2]
+    out[:, 3] = missing
+    out[:, 4:] = x[:, 3:]
+    return out                                                     # (N, F)
 
 
 # Fraud: ip/device velocity and click behaviour from the store, IVT signals on demand.
@@ -133,25 +204,27 @@ FRAUD_FEATURES: list[str] = [
     *FRAUD_RAW, "ip_click_rate_1d", "dev_click_rate_1d", "dev_fast_share_1d", "ip_missing",
     "dev_missing", *FRAUD_CONTEXT,
 ]
+_FRAUD_IN = (*FRAUD_RAW, *FRAUD_CONTEXT)
+_R = len(FRAUD_RAW)
+_FI = {name: i for i, name in enumerate(FRAUD_RAW)}
 
 
 def fraud_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     """(N, len(FRAUD_FEATURES)) float32 from FRAUD_RAW (NaN = missing) + FRAUD_CONTEXT."""
-    n = max(np.size(v) for v in cols.values())
-
-    def col(name: str) -> np.ndarray:
-        return _column(cols, name, n)
-
-    raw = [_nz(col(f)) for f in FRAUD_RAW]
-    ip_imps, ip_clicks = _nz(col("ip_imps_1d")), _nz(col("ip_clicks_1d"))
-    dev_imps, dev_clicks = _nz(col("dev_imps_1d")), _nz(col("dev_clicks_1d"))
-    out = np.column_stack([
-        *raw, ip_clicks / np.maximum(ip_imps, 1.0), dev_clicks / np.maximum(dev_imps, 1.0),
-        _nz(col("dev_fast_clicks_1d")) / np.maximum(dev_clicks, 1.0),
-        np.isnan(col("ip_requests_1d")), np.isnan(col("dev_requests_1d")),
-        *[col(c) for c in FRAUD_CONTEXT],
-    ])
-    return out.astype(np.float32)                                  # (N, F)
+    n = _rows(cols)
+    x = _block(cols, _FRAUD_IN, n)                                 # (N, R + 6)
+    nan = np.isnan(x[:, :_R])
+    z = np.where(nan, 0.0, x[:, :_R])
+    out = np.empty((n, len(FRAUD_FEATURES)), dtype=np.float32)
+    out[:, :_R] = z
+    dev_clicks = z[:, _FI["dev_clicks_1d"]]
+    out[:, _R] = z[:, _FI["ip_clicks_1d"]] / np.maximum(z[:, _FI["ip_imps_1d"]], 1.0)
+    out[:, _R + 1] = dev_clicks / np.maximum(z[:, _FI["dev_imps_1d"]], 1.0)
+    out[:, _R + 2] = z[:, _FI["dev_fast_clicks_1d"]] / np.maximum(dev_clicks, 1.0)
+    out[:, _R + 3] = nan[:, _FI["ip_requests_1d"]]
+    out[:, _R + 4] = nan[:, _FI["dev_requests_1d"]]
+    out[:, _R + 5:] = x[:, _R:]
+    return out                                                     # (N, F)
 
 
 def format_code(fmt: str) -> int:
@@ -159,5 +232,6 @@ def format_code(fmt: str) -> int:
 
 
 __all__ = ["CONTEXT", "CTR_FEATURES", "CTR_RAW", "FORMAT_CODES", "PRIOR_CTR", "PRIOR_WEIGHT",
-           "FRAUD_CONTEXT", "FRAUD_FEATURES", "FRAUD_RAW", "SHADING_FEATURES", "SHADING_RAW",
+           "ColumnBlock", "ColumnLayout", "FRAUD_CONTEXT", "FRAUD_FEATURES", "FRAUD_RAW",
+           "SHADING_CONTEXT", "SHADING_FEATURES", "SHADING_RAW",
            "ctr_matrix", "format_code", "fraud_matrix", "shading_matrix"]

@@ -120,13 +120,11 @@ def serve_experiment(settings: Settings, *, host: str, port: int, name: str = EX
 
     keep_torch_out()
 
-    import uvicorn
-
     from decisioning.app import create_app
+    from decisioning.server import serve
 
     engine = build_experiment_engine(settings, name=name, share=share)
-    app = create_app(engine, api_keys=settings.api_keys)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    serve(create_app(engine, api_keys=settings.api_keys), host=host, port=port)
 
 
 def service_argv(port: int, name: str = EXPERIMENT, share: float = 0.5) -> list[str]:

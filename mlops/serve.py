@@ -154,12 +154,9 @@ def keep_torch_out() -> bool:
 
 def run_server(settings: Settings, *, host: str, port: int,
                watch_interval_s: float | None = 5.0) -> None:
-    import gc
-
     keep_torch_out()
 
-    import uvicorn
-
+    from decisioning.server import serve
     from serving.watcher import watch_backend
 
     # The registry client (mlflow) lives in a child process: this one serves auctions
@@ -174,12 +171,9 @@ def run_server(settings: Settings, *, host: str, port: int,
     # A remote backend blocks on the network: decide in the thread pool then.
     app = create_app(engine, api_keys=settings.api_keys,
                      decide_in_threadpool=settings.backend != "onnx")
-    # Start-up objects (Feast registry, ONNX sessions, campaign index) live for the whole
-    # process: moving them out of the collector's generations removes 10-60 ms GC pauses.
-    gc.collect()
-    gc.freeze()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        # Arrival stamps at parse time, long keep-alive, gc.freeze of start-up objects.
+        serve(app, host=host, port=port)
     finally:
         if watcher is not None:
             watcher.stop()

@@ -224,16 +224,28 @@ class ShadingPricer:
     def policy(self) -> str:
         return self._policy
 
+    @staticmethod
+    def _usable(land: np.ndarray | None, n: int) -> bool:
+        """A landscape to price ``n`` candidates with: (1 or n, 3M), finite, sigma > 0."""
+        return (land is not None and land.ndim == 2 and land.shape[0] in (1, n)
+                and land.shape[1] % 3 == 0 and land.shape[1] > 0
+                and bool(np.all(np.isfinite(land)))
+                and bool(land[:, 2 * land.shape[1] // 3:].min() > 0.0))
+
+    def policy_for(self, scores: AuctionScores, n: int) -> str:
+        """``policy`` when the landscape is usable, else the fallback's policy (what
+        actually priced the bid is what the decision log must say)."""
+        if self._usable(scores.shading, n):
+            return self._policy
+        return self.fallback.policy_for(scores, n)
+
     def price(self, values: np.ndarray, ctx: RequestContext, scores: AuctionScores, *,
               first_price: bool) -> np.ndarray:
         vals = np.asarray(values, dtype=np.float64).reshape(-1)              # (K,)
         if not first_price:
             return vals
         land = scores.shading
-        if (land is None or land.ndim != 2 or land.shape[0] not in (1, vals.shape[0])
-                or land.shape[1] % 3 != 0 or land.shape[1] == 0
-                or not np.all(np.isfinite(land))
-                or land[:, 2 * land.shape[1] // 3:].min() <= 0.0):          # sigma > 0
+        if land is None or not self._usable(land, vals.shape[0]):
             self.fallbacks += 1
             return np.asarray(self.fallback.price(vals, ctx, scores, first_price=first_price),
                               dtype=np.float64)

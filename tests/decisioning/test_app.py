@@ -247,3 +247,36 @@ async def test_fuzzed_bodies_never_give_5xx(client: httpx.AsyncClient, body: byt
             parse_request(body)                     # 200 only for valid requests
         elif r.status_code == 400:
             assert r.json()["error"]
+
+
+async def test_fast_path_answers_like_the_routed_path(make_engine: Any) -> None:
+    """The bid routes are answered before routing; under a root path the request takes
+    FastAPI's routes instead. Both give the same statuses, headers and bodies."""
+    bid = {"id": "f", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}
+    cases = [
+        (BID_26, json.dumps(bid), {"x-api-key": "k"}),                          # 200
+        (BID_25, json.dumps(bid), {"authorization": "Bearer k"}),               # 200
+        (BID_26, json.dumps({"id": "n", "imp": [{"id": "1"}]}), {"x-api-key": "k"}),  # 204
+        (BID_26, '{"id": "x", "imp": []}', {"x-api-key": "k"}),                 # 400
+        (BID_26, json.dumps(bid), {}),                                          # 401
+        (BID_26, json.dumps(bid) + " " * 600, {"x-api-key": "k"}),              # 413
+    ]
+
+    async def answers(root_path: str) -> list[tuple[int, str | None, str | None, Any]]:
+        app = create_app(make_engine(), api_keys=["k"], max_body_bytes=500)
+        out = []
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, root_path=root_path)
+            async with httpx.AsyncClient(transport=transport, base_url="http://b") as c:
+                for path, body, headers in cases:
+                    r = await c.post(path, content=body, headers=headers)
+                    doc = r.json() if r.content else None
+                    for b in (doc or {}).get("seatbid", [{}])[0].get("bid", []):
+                        b.pop("id")                     # random per engine
+                    out.append((r.status_code, r.headers.get("content-type"),
+                                r.headers.get("x-openrtb-version"), doc))
+        return out
+
+    fast, routed = await answers(""), await answers("/behind-a-proxy")
+    assert [s for s, *_ in fast] == [200, 200, 204, 400, 401, 413]
+    assert fast == routed

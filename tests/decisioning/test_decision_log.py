@@ -121,3 +121,25 @@ def test_failed_writes_keep_records(tmp_path: Path) -> None:
 def test_flush_every_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="flush_every"):
         ParquetDecisionSink(tmp_path, flush_every=0)
+
+
+def test_records_go_to_parquet_as_arrow_with_the_log_schema(tmp_path: Path) -> None:
+    """The writer thread hands write_events an Arrow table (no pandas round trip); a
+    table whose schema is not the log's is refused, not silently cast."""
+    import pyarrow as pa
+
+    from adplatform.errors import DataError
+    from adplatform.eventlog import SCHEMAS, write_events
+    from decisioning.decision_log import records_frame, records_table
+
+    recs = [_rec(i) for i in range(4)]
+    table = records_table(recs)
+    assert table.schema.equals(SCHEMAS["decisions"])
+    write_events(tmp_path, "decisions", table)
+    back = read_events(tmp_path, "decisions")
+    assert back.equals(records_frame(recs))
+    with pytest.raises(DataError, match="schema"):
+        write_events(tmp_path, "decisions", table.drop_columns(["variant"]))
+    with pytest.raises(DataError, match="schema"):
+        write_events(tmp_path, "decisions",
+                     table.set_column(0, "ts", pa.array([0] * 4, pa.int64())))

@@ -97,3 +97,5 @@ def test_unusable_landscape_falls_back_to_the_constant_factor(make_engine: Engin
     (bid,) = resp.bids()
     assert bid.price == pytest.approx(0.7 * 8.0)
     assert isinstance(pricer, ShadingPricer) and pricer.fallbacks == 1
+    # The log names the policy that priced the bid, not the one configured.
+    assert sink.records[-1].policy == "shade_factor_0.7"

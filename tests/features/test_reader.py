@@ -10,9 +10,11 @@ import pytest
 from adplatform.config import Settings
 from adplatform.eventlog import read_events
 from features import AdRef, RequestContext, StoreUnavailable
-from features.reader import OnlineReader, ReaderConfig
+from features.ivt import ivt_columns
+from features.reader import OnlineReader, ReaderConfig, context_columns
 from features.repo import VIEWS
 from features.store import open_store
+from features.vectorize import ctr_matrix, fraud_matrix, shading_matrix
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,42 @@ def test_build_gives_one_row_per_candidate(reader_env: tuple) -> None:
     assert inputs.shading is not None and inputs.shading.shape[0] == 1
     fallback = reader.defaults(ctx, [AdRef("c", a, 1) for a in ads])
     assert fallback.ctr.shape == inputs.ctr.shape
+
+
+def test_build_equals_the_matrices_from_plain_columns(reader_env: tuple) -> None:  # type: ignore[type-arg]
+    """The one block the reader assembles per auction gives the same matrices, bit for
+    bit, as plain per-column mappings (the training path's form) of the same values."""
+    settings, keys = reader_env
+    reader = OnlineReader(open_store(settings), ReaderConfig(cache_size=0),
+                          shared_data=settings.shared_data)
+    fields = {name: f for name, _, _, f in VIEWS}
+    ads = [AdRef("c", a, t % 9) for t, a in enumerate(keys["ad_stats"])]   # 8: off-range
+    uas = ("Mozilla/5.0 (Linux; Android 14)", "Mozilla/5.0 (compatible; Googlebot/2.1)")
+    for i in range(6):
+        ctx = RequestContext(ts=datetime(2026, 1, 10, i, tzinfo=UTC), request_id="r",
+                             imp_id="1", user_id=keys["user_stats"][i],
+                             publisher_id=keys["publisher_stats"][i % 3],
+                             ip=keys["ip_stats"][i], device_id=keys["device_stats"][i],
+                             ua=uas[i % 2], device_type=4, is_app=bool(i % 2),
+                             format="banner", w=320, h=50, bidfloor=0.25 * i,
+                             personalised=i != 5)
+        keyed = {"user_stats": ctx.user_id if ctx.personalised else "",
+                 "publisher_stats": ctx.publisher_id, "ip_stats": ctx.ip,
+                 "device_stats": ctx.device_id}
+        cols: dict[str, np.ndarray] = {}
+        for view, key in keyed.items():
+            row = reader.read(view, [key])[0]
+            cols.update({f: np.full(len(ads), v) for f, v in zip(fields[view], row, strict=True)})
+        ad_rows = reader.read("ad_stats", [a.creative_id for a in ads])
+        cols.update({f: ad_rows[:, j] for j, f in enumerate(fields["ad_stats"])})
+        cols.update(context_columns(ctx, ads))
+        cols.update({k: np.repeat(v, len(ads))
+                     for k, v in ivt_columns([ctx.ip], [ctx.ua], settings.shared_data).items()})
+        one = {k: v[:1] for k, v in cols.items()}
+        got = reader.build(ctx, ads)
+        np.testing.assert_array_equal(got.ctr, ctr_matrix(cols))
+        np.testing.assert_array_equal(got.fraud, fraud_matrix(one))
+        np.testing.assert_array_equal(got.shading, shading_matrix(one))
 
 
 def test_unreachable_store_raises_typed_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -43,3 +43,28 @@ def test_scalars_broadcast_like_serving() -> None:
     cols["user_imps_7d"] = np.float64(7.0)  # type: ignore[assignment]
     x = ctr_matrix(cols)
     assert (x[:, CTR_FEATURES.index("user_imps")] == 7.0).all()
+
+
+def test_a_column_block_gives_the_same_matrices_as_a_mapping() -> None:
+    """Serving hands the builders one (N, C) block; training a mapping of columns."""
+    from features.vectorize import (
+        FRAUD_CONTEXT,
+        FRAUD_RAW,
+        SHADING_RAW,
+        ColumnBlock,
+        ColumnLayout,
+        fraud_matrix,
+        shading_matrix,
+    )
+
+    rng = np.random.default_rng(7)
+    names = sorted({*CTR_RAW, *CONTEXT, *FRAUD_RAW, *FRAUD_CONTEXT, *SHADING_RAW})
+    values = rng.integers(0, 200, (6, len(names))).astype(np.float64)
+    values[rng.random(values.shape) < 0.3] = np.nan                 # missing entities
+    values[:, names.index("topic")] = [-1, 0, 3, 7, 8, 2]           # off-range too
+    cols = {n: values[:, j] for j, n in enumerate(names)}
+    block = ColumnBlock(ColumnLayout(names), values)
+    for build in (ctr_matrix, fraud_matrix, shading_matrix):
+        np.testing.assert_array_equal(build(block), build(cols))
+        np.testing.assert_array_equal(build(block.head(1)), build({n: v[:1]
+                                                                    for n, v in cols.items()}))

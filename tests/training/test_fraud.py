@@ -119,7 +119,7 @@ def test_training_matrix_is_the_serving_matrix(fraud_workspace: Settings,
                                                ) -> None:
     """Rows built by training equal the online reader's fraud row from the same values."""
     from features.context import AdRef, RequestContext
-    from features.reader import ALL_RAW, _inputs
+    from features.reader import ALL_RAW, inputs_from_values
 
     df, x = held_out
     rows = np.concatenate([np.flatnonzero(df["bot_kind"] == k)[:10]
@@ -130,9 +130,9 @@ def test_training_matrix_is_the_serving_matrix(fraud_workspace: Settings,
                              imp_id=r["imp_id"], device_id=r["device_id"], ip=r["ip"],
                              ua=r["ua"], device_type=int(r["device_type"]),
                              is_app=bool(r["is_app"]))
-        raw = {f: np.array([float(r[f]) if f in df and pd.notna(r[f]) else np.nan])
-               for f in ALL_RAW}
-        served = _inputs(raw, ctx, [AdRef("c", "cr", 0)], fraud_workspace.shared_data).fraud
+        raw = {f: float(r[f]) for f in ALL_RAW if f in df and pd.notna(r[f])}
+        served = inputs_from_values(raw, ctx, [AdRef("c", "cr", 0)],
+                                    fraud_workspace.shared_data).fraud
         assert served is not None
         np.testing.assert_array_equal(served[0], x[i])
 
