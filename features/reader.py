@@ -1,10 +1,14 @@
 """The online reader: every feature one auction needs, in one call, as arrays.
 
-It reads through Feast's own online-store implementation (SQLite or Redis, whichever the
-repo config names), so stored values are decoded exactly as ``get_online_features``
-decodes them, but it skips Feast's per-call feature resolution and builds the model
-matrices directly. A bounded LRU cache with a TTL sits in front of the store:
-``cache_size`` entity rows at most, none older than ``cache_ttl_s`` seconds.
+It reads the stores Feast writes (SQLite or Redis, whichever the repo config names) with
+Feast's own key and field encoding and value protos, so stored values are decoded exactly
+as ``get_online_features`` decodes them (tests compare the two), but it skips Feast's
+per-call feature resolution, reads every view of an auction in one round trip (one
+``UNION ALL`` query on SQLite, one server-side HMGET script on a single Redis) and builds
+the model matrices directly. Other online stores go through Feast's ``online_read``.
+A bounded LRU cache with a TTL sits in front of the store: ``cache_size`` entries at
+most (an entity row, or the rows of a whole candidate list), none older than
+``cache_ttl_s`` seconds.
 
 Unknown entities get NaN (then defaults and a "missing" indicator in the matrix); an
 unreachable store raises :class:`features.StoreUnavailable`.
@@ -46,10 +50,28 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    cache_size: int = 200_000    # entity rows; ~200 B each -> tens of MB at most
+    cache_size: int = 200_000    # entries: an entity row (~200 B) or a candidate list (~1 kB)
     cache_ttl_s: float = 5.0     # staleness bound: batch views change daily, streams in ~1 s
 
 
+# HMGET on every key with its view's fields, in one call. ARGV: per view, the number of
+# keys, the number of fields, then the fields; KEYS: the entities' keys in view order.
+# A missing field comes back nil (Lua false), as from HMGET itself.
+_HMGET_ALL = """
+local out, a, k = {}, 1, 1
+while a <= #ARGV do
+  local nkeys, nfields = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local fields = {}
+  for i = 1, nfields do fields[i] = ARGV[a + 1 + i] end
+  a = a + 2 + nfields
+  for _ = 1, nkeys do
+    out[#out + 1] = redis.call('HMGET', KEYS[k], unpack(fields))
+    k = k + 1
+  end
+end
+return out
+"""
+_KEY_MEMO_SIZE = 100_000   # serialized entity keys kept (~100 B each); cleared when full
 ALL_RAW = sorted({*CTR_RAW, *FRAUD_RAW, *SHADING_RAW})
 
 
@@ -114,10 +136,16 @@ class OnlineReader:
     def __init__(self, store: FeatureStore, config: ReaderConfig | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  shared_data: Path | None = None) -> None:
+        from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         self._entity_key, self._value = EntityKey, Value
+        self._serialize = serialize_entity_key
+        self._key_version = store.config.entity_key_serialization_version
+        self._key_memo: dict[tuple[str, str], bytes] = {}
+        self._hset_keys: dict[str, list[Any]] = {}
+        self._hmget_script: Any = None
         self._repo_config = store.config
         self._online = store._get_provider().online_store
         self._views = {name: store.get_feature_view(name) for name, *_ in VIEWS}
@@ -180,12 +208,11 @@ class OnlineReader:
             raise
         except Exception as exc:  # noqa: BLE001 - any store failure becomes one typed error
             raise StoreUnavailable(f"online store read failed: {exc}") from exc
-        nan = np.nan
         for view, idx in todo.items():
-            fields, keys, arr = self._fields[view], requests[view], out[view]
+            keys, arr = requests[view], out[view]
             for i, values in zip(idx, results[view], strict=True):
                 if values is not None:
-                    arr[i] = [values.get(f, nan) for f in fields]
+                    arr[i] = values
                 if self._cache is not None:
                     self._cache.put((view, keys[i]), arr[i].copy())
         self._cache_batches(batches, out)
@@ -197,63 +224,107 @@ class OnlineReader:
             for whole in batches:
                 self._cache.put(whole, out[whole[0]].copy())
 
-    def _protos(self, view: str, keys: Sequence[str]) -> list[Any]:
-        join_key = self._keys[view]
-        return [self._entity_key(join_keys=[join_key], entity_values=[self._value(string_val=k)])
-                for k in keys]
+    def _serialized(self, view: str, keys: Sequence[str]) -> list[bytes]:
+        """Feast's serialized entity keys (the SQLite row key; + project, the Redis key),
+        memoised: the candidate ads and the heavy users come back in auction after
+        auction, and serialising costs more than the read of an entity."""
+        memo, join_key = self._key_memo, self._keys[view]
+        out: list[bytes] = []
+        for k in keys:
+            ser = memo.get((view, k))
+            if ser is None:
+                if len(memo) >= _KEY_MEMO_SIZE:
+                    memo.clear()
+                proto = self._entity_key(join_keys=[join_key],
+                                         entity_values=[self._value(string_val=k)])
+                ser = memo[(view, k)] = self._serialize(
+                    proto, entity_key_serialization_version=self._key_version)
+            out.append(ser)
+        return out
 
-    def _fetch(self, misses: dict[str, list[str]]) -> dict[str, list[dict[str, float] | None]]:
-        """Per view, per key: field -> value (None: the entity is unknown)."""
+    def _fetch(self, misses: dict[str, list[str]]) -> dict[str, list[list[float] | None]]:
+        """Per view, per key: the values in the view's field order (None: unknown)."""
         online: Any = self._online
         if isinstance(online, _sqlite_store()):
             return self._fetch_sqlite(misses)
-        return {view: [None if values is None else
-                       {f: _decode(v) for f, v in values.items()}
-                       for _, values in rows]
-                for view, rows in self._fetch_protos(misses).items()}
+        if hasattr(online, "_read_hash_fields"):
+            return self._fetch_redis(misses)
+        nan = float("nan")
+        config = self._repo_config
+        out: dict[str, list[list[float] | None]] = {}
+        for view, keys in misses.items():
+            fields = self._fields[view]
+            protos = [self._entity_key(join_keys=[self._keys[view]],
+                                       entity_values=[self._value(string_val=k)]) for k in keys]
+            # A copy of the field list: some stores append their own keys to it.
+            rows = online.online_read(config, self._views[view], protos, list(fields))
+            out[view] = [None if values is None else
+                         [_decode(values[f]) if f in values else nan for f in fields]
+                         for _, values in rows]
+        return out
 
-    def _fetch_protos(self, misses: dict[str, list[str]]) -> dict[str, list[Any]]:
+    def _fetch_redis(self, misses: dict[str, list[str]]) -> dict[str, list[list[float] | None]]:
+        """One pipeline of HMGETs for every view, in Feast's key and field encoding; the
+        replies are decoded straight into rows (Feast's own conversion builds a dict of
+        protos per entity first)."""
         online: Any = self._online
         config = self._repo_config
-        if not hasattr(online, "_read_hash_fields"):
-            # A copy of the field list: some stores append their own keys to it.
-            return {v: online.online_read(config, self._views[v], self._protos(v, keys),
-                                          list(self._fields[v]))
-                    for v, keys in misses.items()}
-        # Redis: one pipeline for every view (Feast's own key and field encoding).
+        project = config.project.encode()
         commands: list[tuple[bytes, list[Any]]] = []
-        spans: list[tuple[str, int, int, list[str]]] = []
+        spans: list[tuple[str, int, int]] = []
         for view, keys in misses.items():
-            wanted, hset_keys = online._generate_hset_keys_for_features(
-                self._views[view], list(self._fields[view]))
-            rkeys = online._generate_redis_keys_for_entities(config, self._protos(view, keys))
-            spans.append((view, len(commands), len(rkeys), wanted))
-            commands += [(k, hset_keys) for k in rkeys]
-        values = online._read_hash_fields(config, commands)
-        return {view: online._convert_redis_values_to_protobuf(
-                    values[start:start + n], view, wanted)
-                for view, start, n, wanted in spans}
+            hset = self._hset_keys.get(view)
+            if hset is None:
+                # Feast appends its event-timestamp field last: replies carry it last.
+                _, hset = online._generate_hset_keys_for_features(self._views[view],
+                                                                  list(self._fields[view]))
+                self._hset_keys[view] = hset
+            spans.append((view, len(commands), len(keys)))
+            commands += [(ser + project, hset) for ser in self._serialized(view, keys)]
+        replies = self._hmget_all(commands, spans)
+        parse, nan = self._value.FromString, float("nan")
+        out: dict[str, list[list[float] | None]] = {}
+        for view, first, n in spans:
+            out[view] = [[_decode(parse(b)) if b else nan for b in reply[:-1]]
+                         for reply in replies[first:first + n]]
+        return out
+
+    def _hmget_all(self, commands: list[tuple[bytes, list[Any]]],
+                   spans: list[tuple[str, int, int]]) -> list[list[bytes | None]]:
+        """Every HMGET reply, in order: one server-side script call on a single Redis
+        (one command to pack and one reply to parse, instead of one per entity), Feast's
+        pipeline on a cluster or with another client (a script's keys must share a
+        slot)."""
+        online: Any = self._online
+        config = self._repo_config
+        store_cfg = config.online_store
+        if (getattr(store_cfg, "redis_type", None) != "redis"
+                or getattr(store_cfg, "client", "redis") != "redis"):
+            return list(online._read_hash_fields(config, commands))
+        if self._hmget_script is None:
+            self._hmget_script = online._get_client(store_cfg).register_script(_HMGET_ALL)
+        args: list[Any] = []
+        for _, first, n in spans:
+            fields = commands[first][1] if n else []
+            args += [n, len(fields), *fields]
+        return list(self._hmget_script(keys=[key for key, _ in commands], args=args))
 
     def _fetch_sqlite(self, misses: dict[str, list[str]]
-                      ) -> dict[str, list[dict[str, float] | None]]:
+                      ) -> dict[str, list[list[float] | None]]:
         """Feast's SQLite ``online_read`` for several views in one ``UNION ALL`` query,
         without the event timestamps (parsing one datetime per stored field was a third
         of a read's cost, and the reader does not use them)."""
-        from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.sqlite import _quote_id, _table_id
 
         online: Any = self._online
         config = self._repo_config
-        version = config.entity_key_serialization_version
         versioning = config.registry.enable_online_feature_view_versioning
         parts: list[str] = []
         params: list[Any] = []
         serialized: dict[str, list[bytes]] = {}
         for n, (view, keys) in enumerate(misses.items()):
             table = _quote_id(_table_id(config.project, self._views[view], versioning))
-            ser = serialized[view] = [serialize_entity_key(p, entity_key_serialization_version=
-                                                           version)
-                                      for p in self._protos(view, keys)]
+            ser = serialized[view] = self._serialized(view, keys)
             parts.append(f"SELECT {n}, entity_key, feature_name, value FROM {table} "
                          f"WHERE entity_key IN ({','.join('?' * len(ser))})")
             params += ser
@@ -262,8 +333,13 @@ class OnlineReader:
         for n, key, name, blob in online._get_conn(config).execute(" UNION ALL ".join(parts),
                                                                    params):
             found[n].setdefault(key, {})[name] = _decode(parse(blob))
-        return {view: [found[n].get(k) for k in serialized[view]]
-                for n, view in enumerate(misses)}
+        nan = float("nan")
+        out: dict[str, list[list[float] | None]] = {}
+        for n, view in enumerate(misses):
+            fields = self._fields[view]
+            rows = (found[n].get(k) for k in serialized[view])
+            out[view] = [None if r is None else [r.get(f, nan) for f in fields] for r in rows]
+        return out
 
     def raw_columns(self, ctx: RequestContext, ads: Sequence[AdRef]) -> ColumnBlock:
         """Every column one auction's matrices are built from, as one (K, C) block: the

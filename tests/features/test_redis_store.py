@@ -41,19 +41,28 @@ def redis_workspace(simulated_workspace: Settings, tmp_path_factory: pytest.Temp
 
 
 def test_materialize_into_redis_and_read_back(redis_workspace: Settings) -> None:
+    """Every view, read in one pipeline (twice: the second time with memoised keys),
+    equals Feast's get_online_features; unknown entities read as NaN."""
     store = open_store(redis_workspace)
     reader = OnlineReader(store, ReaderConfig(cache_size=0))
     events = redis_workspace.workspace.events
-    users = [u for u in read_events(events, "impressions")["user_id"].drop_duplicates().head(40)
-             if u] + ["never-seen"]
-    fields = dict((v, f) for v, _, _, f in VIEWS)["user_stats"]
-    ours = reader.read("user_stats", users)
-    theirs = store.get_online_features(features=[f"user_stats:{f}" for f in fields],
-                                       entity_rows=[{"user_id": u} for u in users]).to_dict()
-    expected = np.array([[np.nan if theirs[f][i] is None else theirs[f][i] for f in fields]
-                         for i in range(len(users))], dtype=float)
-    np.testing.assert_array_equal(ours, expected)
-    assert not np.isnan(ours[0]).all() and np.isnan(ours[-1]).all()
+    imp = read_events(events, "impressions").merge(
+        read_events(events, "requests")[["request_id", "ip", "device_id"]], on="request_id")
+    columns = {"user_stats": "user_id", "ad_stats": "creative_id",
+               "campaign_stats": "campaign_id", "publisher_stats": "publisher_id",
+               "ip_stats": "ip", "device_stats": "device_id"}
+    keys = {view: [k for k in imp[col].drop_duplicates().head(30) if k] + ["never-seen"]
+            for view, col in columns.items()}
+    for _ in range(2):
+        ours = reader.read_views(keys)
+        for view, _, join_key, fields in VIEWS:
+            theirs = store.get_online_features(
+                features=[f"{view}:{f}" for f in fields],
+                entity_rows=[{join_key: k} for k in keys[view]]).to_dict()
+            expected = np.array([[np.nan if theirs[f][i] is None else theirs[f][i]
+                                  for f in fields] for i in range(len(keys[view]))], dtype=float)
+            np.testing.assert_array_equal(ours[view], expected, err_msg=view)
+            assert not np.isnan(ours[view][0]).all() and np.isnan(ours[view][-1]).all()
 
 
 def test_no_skew_on_redis(redis_workspace: Settings) -> None:
