@@ -223,11 +223,31 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def serve(port: Annotated[int, typer.Option(help="TCP port")] = 8080,
           host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
           watch_interval: Annotated[float, typer.Option(
-              help="seconds between registry polls for alias moves; 0 disables")] = 5.0) -> None:
+              help="seconds between registry polls for alias moves; 0 disables")] = 5.0,
+          experiment: Annotated[str | None, typer.Option(
+              help="run A/B experiment NAME: ctr@champion vs ctr@challenger (aliases pinned "
+                   "at start); report it with `adplatform report ab --experiment NAME`")] = None,
+          share: Annotated[float, typer.Option(
+              help="with --experiment: share of users (or requests) on the challenger")] = 0.5,
+          ) -> None:
     """Run the decision service (OpenRTB bidder) over HTTP."""
-    from mlops.serve import run_server
+    settings = get_settings()
+    if experiment is None:
+        from mlops.serve import run_server
 
-    run_server(get_settings(), host=host, port=port, watch_interval_s=watch_interval or None)
+        run_server(settings, host=host, port=port, watch_interval_s=watch_interval or None)
+        return
+    from adplatform.errors import ConfigError
+    from mlops.demo_ab import build_experiment, experiment_spec, serve_experiment, write_spec
+
+    try:
+        build_experiment(experiment, share)          # validates the share before start-up
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    spec = write_spec(settings, experiment_spec(experiment, share))
+    console.print(f"experiment {experiment!r}: {share:.0%} on ctr@challenger; spec {spec}")
+    serve_experiment(settings, host=host, port=port, name=experiment, share=share)
 
 
 @app.command()
