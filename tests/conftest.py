@@ -56,3 +56,12 @@ def trained_workspace(simulated_workspace: Settings) -> Iterator[Settings]:
     materialize(simulated_workspace)
     train_ctr(simulated_workspace)
     yield simulated_workspace
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh ``$ADPLATFORM_HOME`` for commands that read :func:`get_settings`."""
+    monkeypatch.setenv("ADPLATFORM_HOME", str(tmp_path / "ws"))
+    get_settings.cache_clear()
+    yield tmp_path / "ws"
+    get_settings.cache_clear()

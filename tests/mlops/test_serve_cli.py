@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
-
-from adplatform.config import get_settings
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("ADPLATFORM_HOME", str(tmp_path / "ws"))
-    get_settings.cache_clear()
-    yield tmp_path / "ws"
-    get_settings.cache_clear()
 
 
 def test_serve_experiment_writes_the_spec_and_serves_both_arms(

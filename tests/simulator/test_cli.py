@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import typer
 from typer.testing import CliRunner
 
-from adplatform.config import get_settings
 from adplatform.eventlog import read_events
 from simulator.cli import register
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("ADPLATFORM_HOME", str(tmp_path / "ws"))
-    get_settings.cache_clear()
-    yield tmp_path / "ws"
-    get_settings.cache_clear()
 
 
 def test_simulate_command(home: Path) -> None:
