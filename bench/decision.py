@@ -41,6 +41,7 @@ from fastapi import Request
 from adplatform.config import Settings
 from bench.harness import Row, Server, free_port, with_ratios
 from bench.loadgen import LoadResult, wait_until_healthy
+from decisioning.server import KEEP_ALIVE_S
 
 PATH = "/openrtb/2.6/bid"
 P99_BUDGET_MS = 10.0
@@ -231,7 +232,7 @@ def serve_naive(home: str, port: int, campaigns: str) -> None:
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=75)   # as decisioning.server.serve
+                timeout_keep_alive=KEEP_ALIVE_S)   # as decisioning.server.serve
 
 
 # --------------------------------------------------------------------------- load
@@ -349,7 +350,7 @@ def run(settings: Settings, world: Settings, *,
     codes = {
         "trivial": ("import uvicorn; from bench.trivial_app import create_app; "
                     f"uvicorn.run(create_app(), host='127.0.0.1', port={ports['trivial']}, "
-                    "log_level='warning', access_log=False, timeout_keep_alive=75)"),
+                    f"log_level='warning', access_log=False, timeout_keep_alive={KEEP_ALIVE_S})"),
         "naive": (f"from bench.decision import serve_naive; serve_naive({home!r}, "
                   f"{ports['naive']}, {str(campaigns)!r})"),
         "decision": (f"from bench.decision import serve_decision; serve_decision({home!r}, "

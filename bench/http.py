@@ -12,6 +12,7 @@ import orjson
 from adplatform.config import Settings
 from bench.harness import Row, Server, free_port, with_ratios
 from bench.loadgen import LoadResult, run_load, wait_until_healthy
+from decisioning.server import KEEP_ALIVE_S
 
 PATH = "/openrtb/2.6/bid"
 
@@ -39,7 +40,7 @@ def run(settings: Settings, *, rates: list[float], duration_s: float, seed: int)
     log_dir.mkdir(parents=True, exist_ok=True)
     trivial = ("import uvicorn; from bench.trivial_app import create_app; "
                f"uvicorn.run(create_app(), host='127.0.0.1', port={port_t}, "
-               "log_level='warning', access_log=False, timeout_keep_alive=75)")
+               f"log_level='warning', access_log=False, timeout_keep_alive={KEEP_ALIVE_S})")
     decision = (f"import sys; sys.argv = ['adplatform', 'serve', '--port', '{port_d}']; "
                 "from mlops.cli import main; main()")
     with Server(trivial, env, log_dir / "trivial.log"), \

@@ -412,8 +412,8 @@ class DecisionEngine:
                               pctr.shape[0], len(cands))
             return _Outcome(imp_id, "model_error", model_version=model_version,
                             feature_service=feature_service)
-        # Non-finite -> 0, then into [0, 1]; plain ufuncs (nan_to_num and clip cost ~10x
-        # more in Python-level overhead on a handful of values).
+        # Non-finite -> 0, then into [0, 1]; plain ufuncs: nan_to_num and clip go through
+        # Python-level wrappers, which dominate on a handful of values.
         pctr = np.minimum(np.maximum(np.where(np.isfinite(pctr), pctr, 0.0), 0.0), 1.0)
         values = pctr * np.fromiter((c.value_per_click for c in cands), np.float64, len(cands))
         best = int(np.argmax(values))

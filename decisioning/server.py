@@ -23,6 +23,9 @@ from decisioning.app import RECEIVED_PERF
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+#: Seconds an idle keep-alive connection stays open (uvicorn's default is 5).
+KEEP_ALIVE_S = 75
+
 
 def stamping_protocol() -> type[Any] | str:
     """The stamping httptools protocol class, or ``"auto"`` without httptools."""
@@ -41,7 +44,7 @@ def stamping_protocol() -> type[Any] | str:
 
 def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "warning", graceful_timeout_s: int = 10,
-          keep_alive_s: int = 75) -> None:
+          keep_alive_s: int = KEEP_ALIVE_S) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (graceful: the lifespan flushes the logs).
 
     Start-up objects (Feast registry, ONNX sessions, campaign index) live as long as the
@@ -66,4 +69,4 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
     uvicorn.Server(config).run()
 
 
-__all__ = ["serve", "stamping_protocol"]
+__all__ = ["KEEP_ALIVE_S", "serve", "stamping_protocol"]

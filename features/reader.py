@@ -73,6 +73,7 @@ return out
 """
 _KEY_MEMO_SIZE = 100_000   # serialized entity keys kept (~100 B each); cleared when full
 ALL_RAW = sorted({*CTR_RAW, *FRAUD_RAW, *SHADING_RAW})
+_FIELDS = {name: fields for name, _, _, fields in VIEWS}        # view -> its fields
 
 
 @dataclass
@@ -146,11 +147,22 @@ class OnlineReader:
         self._key_memo: dict[tuple[str, str], bytes] = {}
         self._hset_keys: dict[str, list[Any]] = {}
         self._hmget_script: Any = None
+        self._tables: dict[str, str] = {}
+        online = store._get_provider().online_store
+        store_cfg = store.config.online_store
+        # The read path, chosen once: SQLite (one UNION ALL query), Redis (one script on a
+        # single server; Feast's pipeline on a cluster or with glide, whose keys need not
+        # share a slot), or Feast's online_read view by view for any other store.
+        self._fetch = (self._fetch_sqlite if isinstance(online, _sqlite_store())
+                       else self._fetch_redis if hasattr(online, "_read_hash_fields")
+                       else self._fetch_online_read)
+        self._redis_script_ok = (getattr(store_cfg, "redis_type", None) == "redis"
+                                 and getattr(store_cfg, "client", "redis") == "redis")
         self._repo_config = store.config
         self._online = store._get_provider().online_store
         self._views = {name: store.get_feature_view(name) for name, *_ in VIEWS}
         self._keys = {name: key for name, _, key, _ in VIEWS}
-        self._fields = {name: fields for name, _, _, fields in VIEWS}
+        self._fields = _FIELDS
         cfg = config or ReaderConfig()
         self._cache = _TTLCache(cfg.cache_size, cfg.cache_ttl_s, clock) if cfg.cache_size else None
         self.feature_service = "ctr_v1"
@@ -172,8 +184,8 @@ class OnlineReader:
     def read_views(self, requests: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
         """Several views at once: cache first, then ONE store round trip for the rest.
 
-        On Redis all misses of all views go out in a single pipeline and on SQLite in a
-        single query (both in Feast's own key and value encoding); other stores are read
+        On SQLite all misses of all views are one query, on Redis one script call (or
+        one pipeline), both in Feast's own key and value encoding; other stores are read
         view by view through Feast's ``online_read``.
         """
         out: dict[str, np.ndarray] = {}
@@ -224,38 +236,37 @@ class OnlineReader:
             for whole in batches:
                 self._cache.put(whole, out[whole[0]].copy())
 
+    def _proto(self, view: str, key: str) -> Any:
+        return self._entity_key(join_keys=[self._keys[view]],
+                                entity_values=[self._value(string_val=key)])
+
     def _serialized(self, view: str, keys: Sequence[str]) -> list[bytes]:
         """Feast's serialized entity keys (the SQLite row key; + project, the Redis key),
         memoised: the candidate ads and the heavy users come back in auction after
-        auction, and serialising costs more than the read of an entity."""
-        memo, join_key = self._key_memo, self._keys[view]
+        auction."""
+        memo = self._key_memo
         out: list[bytes] = []
         for k in keys:
             ser = memo.get((view, k))
             if ser is None:
                 if len(memo) >= _KEY_MEMO_SIZE:
                     memo.clear()
-                proto = self._entity_key(join_keys=[join_key],
-                                         entity_values=[self._value(string_val=k)])
                 ser = memo[(view, k)] = self._serialize(
-                    proto, entity_key_serialization_version=self._key_version)
+                    self._proto(view, k), entity_key_serialization_version=self._key_version)
             out.append(ser)
         return out
 
-    def _fetch(self, misses: dict[str, list[str]]) -> dict[str, list[list[float] | None]]:
-        """Per view, per key: the values in the view's field order (None: unknown)."""
+    def _fetch_online_read(self, misses: dict[str, list[str]]
+                           ) -> dict[str, list[list[float] | None]]:
+        """Per view, per key: the values in the view's field order (None: unknown); every
+        fetch path returns this."""
         online: Any = self._online
-        if isinstance(online, _sqlite_store()):
-            return self._fetch_sqlite(misses)
-        if hasattr(online, "_read_hash_fields"):
-            return self._fetch_redis(misses)
         nan = float("nan")
         config = self._repo_config
         out: dict[str, list[list[float] | None]] = {}
         for view, keys in misses.items():
             fields = self._fields[view]
-            protos = [self._entity_key(join_keys=[self._keys[view]],
-                                       entity_values=[self._value(string_val=k)]) for k in keys]
+            protos = [self._proto(view, k) for k in keys]
             # A copy of the field list: some stores append their own keys to it.
             rows = online.online_read(config, self._views[view], protos, list(fields))
             out[view] = [None if values is None else
@@ -264,9 +275,9 @@ class OnlineReader:
         return out
 
     def _fetch_redis(self, misses: dict[str, list[str]]) -> dict[str, list[list[float] | None]]:
-        """One pipeline of HMGETs for every view, in Feast's key and field encoding; the
-        replies are decoded straight into rows (Feast's own conversion builds a dict of
-        protos per entity first)."""
+        """HMGETs for every view in one round trip (:meth:`_hmget_all`), in Feast's key
+        and field encoding; the replies are decoded straight into rows (Feast's own
+        conversion builds a dict of protos per entity first)."""
         online: Any = self._online
         config = self._repo_config
         project = config.project.encode()
@@ -297,33 +308,40 @@ class OnlineReader:
         slot)."""
         online: Any = self._online
         config = self._repo_config
-        store_cfg = config.online_store
-        if (getattr(store_cfg, "redis_type", None) != "redis"
-                or getattr(store_cfg, "client", "redis") != "redis"):
+        if not self._redis_script_ok:
             return list(online._read_hash_fields(config, commands))
         if self._hmget_script is None:
-            self._hmget_script = online._get_client(store_cfg).register_script(_HMGET_ALL)
+            self._hmget_script = online._get_client(config.online_store).register_script(
+                _HMGET_ALL)
         args: list[Any] = []
         for _, first, n in spans:
             fields = commands[first][1] if n else []
             args += [n, len(fields), *fields]
         return list(self._hmget_script(keys=[key for key, _ in commands], args=args))
 
+    def _table(self, view: str) -> str:
+        """The view's quoted SQLite table name (Feast's naming), computed once."""
+        table = self._tables.get(view)
+        if table is None:
+            from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+            versioning = self._repo_config.registry.enable_online_feature_view_versioning
+            table = self._tables[view] = _quote_id(_table_id(
+                self._repo_config.project, self._views[view], versioning))
+        return table
+
     def _fetch_sqlite(self, misses: dict[str, list[str]]
                       ) -> dict[str, list[list[float] | None]]:
         """Feast's SQLite ``online_read`` for several views in one ``UNION ALL`` query,
-        without the event timestamps (parsing one datetime per stored field was a third
-        of a read's cost, and the reader does not use them)."""
-        from feast.infra.online_stores.sqlite import _quote_id, _table_id
-
+        without the event timestamps (Feast parses one datetime per stored field; the
+        reader does not use them)."""
         online: Any = self._online
         config = self._repo_config
-        versioning = config.registry.enable_online_feature_view_versioning
         parts: list[str] = []
         params: list[Any] = []
         serialized: dict[str, list[bytes]] = {}
         for n, (view, keys) in enumerate(misses.items()):
-            table = _quote_id(_table_id(config.project, self._views[view], versioning))
+            table = self._table(view)
             ser = serialized[view] = self._serialized(view, keys)
             parts.append(f"SELECT {n}, entity_key, feature_name, value FROM {table} "
                          f"WHERE entity_key IN ({','.join('?' * len(ser))})")
@@ -395,15 +413,14 @@ class _AuctionPlan:
 
 @cache
 def _default_plan() -> _AuctionPlan:
-    return _AuctionPlan({name: fields for name, _, _, fields in VIEWS})
+    return _AuctionPlan(_FIELDS)
 
 
 def inputs_from_values(values: Mapping[str, float], ctx: RequestContext,
                        ads: Sequence[AdRef], shared_data: Path | None = None) -> AuctionInputs:
     """The model inputs :meth:`OnlineReader.build` makes when the store holds ``values``
     (field -> value; a field left out is unknown): the training/serving parity tests."""
-    fields = {name: fields for name, _, _, fields in VIEWS}
-    rows = {view: np.array([[values.get(f, np.nan) for f in fields[view]]]
+    rows = {view: np.array([[values.get(f, np.nan) for f in _FIELDS[view]]]
                            * (len(ads) if view == "ad_stats" else 1), dtype=np.float64)
             for view in (*_REQUEST_VIEWS, "ad_stats")}
     return _inputs(_default_plan().assemble(ctx, ads, rows, shared_data))
