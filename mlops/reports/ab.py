@@ -377,7 +377,8 @@ def ab_report(decisions: pd.DataFrame, outcomes: Outcomes, experiment: Experimen
     ``campaigns`` gives each campaign's goal (without it there is no value, surplus or
     ROI). ``looks`` equally spaced times carry the running metrics and the always-valid
     p-values; ``tau_rel`` sets the mSPRT mixing scale as a share of the pooled metric at
-    the first look with ``min_units`` units per arm.
+    the first look with ``min_units`` units per arm (never below the difference's
+    standard error there; see :func:`~mlops.reports.stats.sequential_pvalues`).
     """
     if not 0 < alpha < 1:
         raise ReportError(f"alpha must be in (0, 1), got {alpha}")

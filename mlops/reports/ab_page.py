@@ -217,7 +217,8 @@ def ab_page(rep: ABReport) -> Page:
         cuped_text,
         f"Always-valid p-values: normal-mixture mSPRT (Johari et al.) on the running "
         f"difference at {len(rep.timeline.looks)} equally spaced looks, mixing scale τ = "
-        f"{rep.tau_rel:.0%} of the pooled metric.",
+        f"{rep.tau_rel:.0%} of the pooled metric or the standard error of the difference "
+        f"at the first look, whichever is larger.",
         "Value: the campaign's CPC × clicked impressions (CPC goal) or CPA × converting "
         "impressions (CPA goal); surplus = value − cost; ROI = surplus / spend.",
     ]

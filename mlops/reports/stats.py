@@ -257,8 +257,13 @@ def sequential_pvalues(control: Running, treatment: Running, *, tau_rel: float =
 
     Each arm is ``(ratio, variance, units)`` per look, as :func:`running_ratio` returns.
     Looks before both arms have ``min_units`` units (and a variance) are skipped (p = 1).
-    The mixing scale is ``τ = tau_rel × |pooled ratio|`` at the first usable look, which
-    uses no information about the difference between the arms.
+    The mixing scale is ``τ = max(tau_rel × |pooled ratio|, se)`` at the first usable
+    look, ``se`` the standard error of the difference there. Neither uses the difference
+    between the arms. The floor matters for metrics whose level says nothing about the
+    size of their effects: surplus (value − cost) can sit near zero while a better policy
+    moves it several-fold, and a τ far below the standard error leaves the likelihood
+    ratio at ~1 whatever the data (a simulated policy A/B over 4,000 users with fixed-horizon z = 3.5
+    had sequential p = 0.99995 with the level alone).
     """
     (rc, vc, nc), (rt, vt, nt) = control, treatment
     ok = (nc >= min_units) & (nt >= min_units) & np.isfinite(rc) & np.isfinite(rt)
@@ -267,9 +272,7 @@ def sequential_pvalues(control: Running, treatment: Running, *, tau_rel: float =
         return np.ones(len(rc))
     k = int(np.flatnonzero(ok)[0])
     pooled = (rc[k] * nc[k] + rt[k] * nt[k]) / (nc[k] + nt[k])
-    tau = tau_rel * abs(float(pooled))
-    if tau == 0:       # a zero baseline (no clicks yet): scale by the standard error
-        tau = math.sqrt(float(vc[k] + vt[k]))
+    tau = max(tau_rel * abs(float(pooled)), math.sqrt(float(vc[k] + vt[k])))
     return msprt_pvalues(np.where(ok, rt - rc, np.nan), np.where(ok, vc + vt, np.nan), tau ** 2)
 
 
