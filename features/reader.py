@@ -72,6 +72,9 @@ end
 return out
 """
 _KEY_MEMO_SIZE = 100_000   # serialized entity keys kept (~100 B each); cleared when full
+# Decoded values kept, by their serialized ValueProto: counts repeat across entities, so a
+# dict lookup replaces a protobuf parse for nearly every value; cleared when full.
+_VALUE_MEMO_SIZE = 65_536
 ALL_RAW = sorted({*CTR_RAW, *FRAUD_RAW, *SHADING_RAW})
 _FIELDS = {name: fields for name, _, _, fields in VIEWS}        # view -> its fields
 
@@ -145,6 +148,7 @@ class OnlineReader:
         self._serialize = serialize_entity_key
         self._key_version = store.config.entity_key_serialization_version
         self._key_memo: dict[tuple[str, str], bytes] = {}
+        self._value_memo: dict[bytes | None, float] = {}
         self._hset_keys: dict[str, list[Any]] = {}
         self._hmget_script: Any = None
         self._tables: dict[str, str] = {}
@@ -256,6 +260,15 @@ class OnlineReader:
             out.append(ser)
         return out
 
+    def _parse(self, blob: bytes | None) -> float:
+        """A stored ValueProto as a float (NaN: nil, empty or unset), via the value memo;
+        the hot loops look the memo up themselves and call this only on a miss."""
+        memo = self._value_memo
+        if len(memo) >= _VALUE_MEMO_SIZE:
+            memo.clear()
+        value = memo[blob] = _decode(self._value.FromString(blob)) if blob else float("nan")
+        return value
+
     def _fetch_online_read(self, misses: dict[str, list[str]]
                            ) -> dict[str, list[list[float] | None]]:
         """Per view, per key: the values in the view's field order (None: unknown); every
@@ -293,10 +306,10 @@ class OnlineReader:
             spans.append((view, len(commands), len(keys)))
             commands += [(ser + project, hset) for ser in self._serialized(view, keys)]
         replies = self._hmget_all(commands, spans)
-        parse, nan = self._value.FromString, float("nan")
+        memo, parse = self._value_memo, self._parse
         out: dict[str, list[list[float] | None]] = {}
         for view, first, n in spans:
-            out[view] = [[_decode(parse(b)) if b else nan for b in reply[:-1]]
+            out[view] = [[memo[b] if b in memo else parse(b) for b in reply[:-1]]
                          for reply in replies[first:first + n]]
         return out
 
@@ -347,10 +360,10 @@ class OnlineReader:
                          f"WHERE entity_key IN ({','.join('?' * len(ser))})")
             params += ser
         found: list[dict[bytes, dict[str, float]]] = [{} for _ in misses]
-        parse = self._value.FromString
+        memo, parse = self._value_memo, self._parse
         for n, key, name, blob in online._get_conn(config).execute(" UNION ALL ".join(parts),
                                                                    params):
-            found[n].setdefault(key, {})[name] = _decode(parse(blob))
+            found[n].setdefault(key, {})[name] = memo[blob] if blob in memo else parse(blob)
         nan = float("nan")
         out: dict[str, list[list[float] | None]] = {}
         for n, view in enumerate(misses):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +35,15 @@ def reader_env(trained_workspace: Settings) -> tuple[Settings, dict[str, list[st
     return trained_workspace, keys
 
 
+def _feast(store: Any, view: str, join_key: str, fields: Sequence[str],
+           keys: list[str]) -> np.ndarray:
+    """What ``get_online_features`` returns for ``keys``, as the reader's array."""
+    theirs = store.get_online_features(features=[f"{view}:{f}" for f in fields],
+                                       entity_rows=[{join_key: k} for k in keys]).to_dict()
+    return np.array([[np.nan if theirs[f][i] is None else theirs[f][i] for f in fields]
+                     for i in range(len(keys))], dtype=float)
+
+
 @pytest.mark.parametrize("cache", [0, 1000])
 def test_reader_equals_get_online_features(reader_env: tuple, cache: int) -> None:  # type: ignore[type-arg]
     settings, keys = reader_env
@@ -41,15 +52,27 @@ def test_reader_equals_get_online_features(reader_env: tuple, cache: int) -> Non
     for view, _, join_key, fields in VIEWS:
         for _ in range(2):  # second pass is served from the cache when enabled
             ours = reader.read(view, keys[view])
-            theirs = store.get_online_features(
-                features=[f"{view}:{f}" for f in fields],
-                entity_rows=[{join_key: k} for k in keys[view]]).to_dict()
-            expected = np.array([[np.nan if theirs[f][i] is None else theirs[f][i]
-                                  for f in fields] for i in range(len(keys[view]))], dtype=float)
-            np.testing.assert_array_equal(ours, expected)
+            np.testing.assert_array_equal(ours, _feast(store, view, join_key, fields,
+                                                       keys[view]))
         assert np.isnan(ours[-1]).all(), "an unknown entity reads as missing, not an error"
     if cache:
         assert reader.cache_stats.hits > 0
+
+
+def test_a_full_value_memo_is_cleared_and_reads_stay_exact(
+        reader_env: tuple, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    """Decoded values are memoised by their stored bytes, in a bounded memo: with room
+    for 3 values it is cleared over and over, and every read still equals Feast's."""
+    import features.reader as reader_module
+
+    monkeypatch.setattr(reader_module, "_VALUE_MEMO_SIZE", 3)
+    settings, keys = reader_env
+    store = open_store(settings)
+    reader = OnlineReader(store, ReaderConfig(cache_size=0))
+    for view, _, join_key, fields in VIEWS:
+        ours = reader.read(view, keys[view])
+        np.testing.assert_array_equal(ours, _feast(store, view, join_key, fields, keys[view]))
+        assert len(reader._value_memo) <= 3
 
 
 def test_build_gives_one_row_per_candidate(reader_env: tuple) -> None:
