@@ -68,7 +68,8 @@ async def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float
                duration_s: float, headers: dict[str, str], max_conns: int) -> LoadResult:
     """One open-loop run, with the cyclic garbage collector off: the generator must not
     pause. With it on, full collections over the finished tasks took 30-45 ms each
-    (three or four in 15 s at 1,000/s), and every request in flight or due meanwhile
+    (three or four in 15 s at 1,000/s, timed with a ``gc.callbacks`` hook in the
+    generator while profiling), and every request in flight or due meanwhile
     was charged with the pause as if the server had been slow. What the run allocates
     is freed by reference counting; the collector runs again after it."""
     gc.collect()

@@ -23,10 +23,10 @@ ASGI messages, the handler reads the body (bounded), parses it once, calls
 ``engine.decide`` and writes the response with the response model's Rust serialiser.
 By default ``decide`` runs on the event-loop thread: with the in-process ONNX backend,
 the online reader and an in-memory ledger it is CPU-only (``python -m bench decision``,
-engine alone: p50 about 0.5 ms, p99 1.2-1.6 ms). When the featurizer, backend or ledger
-talk to the network (Redis, Triton, BentoML), pass ``decide_in_threadpool=True`` so one
-slow call does not stall every other request (notices then run in the pool too). The lifespan closes the engine and the notice
-service (flushing their logs) on shutdown.
+engine alone, last run: p50 0.25 ms, p99 0.99 ms). When the featurizer, backend or
+ledger talk to the network (Redis, Triton, BentoML), pass ``decide_in_threadpool=True``
+so one slow call does not stall every other request (notices then run in the pool too).
+The lifespan closes the engine and the notice service (flushing their logs) on shutdown.
 """
 
 from __future__ import annotations

@@ -84,12 +84,15 @@ class BootstrapPolicy:
     price_shift: float = 0.0     # log-multiplier on the value estimate (0: centred on value)
     nobid_rate: float = 0.05     # exploratory no-bids
 
-    def value_cpm(self, world: World, creative: np.ndarray) -> np.ndarray:
-        """Rough value of an impression of ``creative`` in CPM."""
+    def value_per_click(self, world: World, creative: np.ndarray) -> np.ndarray:
+        """USD a click on ``creative`` is worth: the campaign's CPC, or CPA x prior CVR."""
         camp = world.catalog.campaign[creative]
         cpc, cpa = world.catalog.cpc[camp], world.catalog.cpa[camp]
-        per_click = np.where(np.isnan(cpc), cpa * self.prior_cvr, cpc)
-        return per_click * self.prior_ctr * 1000.0
+        return np.where(np.isnan(cpc), cpa * self.prior_cvr, cpc)
+
+    def value_cpm(self, world: World, creative: np.ndarray) -> np.ndarray:
+        """Rough value of an impression of ``creative`` in CPM."""
+        return self.value_per_click(world, creative) * self.prior_ctr * 1000.0
 
     def decide(self, world: World, eligibility: Eligibility, batch: RequestBatch,
                rng: np.random.Generator) -> Decisions:

@@ -262,8 +262,8 @@ def sequential_pvalues(control: Running, treatment: Running, *, tau_rel: float =
     between the arms. The floor matters for metrics whose level says nothing about the
     size of their effects: surplus (value − cost) can sit near zero while a better policy
     moves it several-fold, and a τ far below the standard error leaves the likelihood
-    ratio at ~1 whatever the data (a simulated policy A/B over 4,000 users with fixed-horizon z = 3.5
-    had sequential p = 0.99995 with the level alone).
+    ratio at ~1 whatever the data (a simulated policy A/B over 4,000 users with
+    fixed-horizon z = 3.5 had sequential p = 0.99995 with the level alone).
     """
     (rc, vc, nc), (rt, vt, nt) = control, treatment
     ok = (nc >= min_units) & (nt >= min_units) & np.isfinite(rc) & np.isfinite(rt)

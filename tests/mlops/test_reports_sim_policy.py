@@ -54,7 +54,6 @@ RPD = 60_000
 WORLD = WorldConfig(n_users=20_000, n_crawlers=8, n_datacenter_bots=4, datacenter_id_pool=40,
                     n_residential_bots=60)
 SPEC = ExperimentSpec("policyexp", {"control": 0.5, "treatment": 0.5}, "control")
-PRIOR_CVR = BootstrapPolicy().prior_cvr
 CTR_PRIOR_WEIGHT = 20.0   # impressions of pseudo-evidence at the base rate per creative
 
 
@@ -78,13 +77,6 @@ def _context(world: World, batch: RequestBatch) -> np.ndarray:
     x[:, -2] = batch.is_app
     x[:, -1] = batch.local_hour
     return x
-
-
-def _value_per_click(world: World) -> np.ndarray:
-    """(C,) USD a click is worth to each creative's campaign (CPA campaigns: CPA x prior CVR)."""
-    cat = world.catalog
-    cpc, cpa = cat.cpc[cat.campaign], cat.cpa[cat.campaign]
-    return np.where(np.isnan(cpc), cpa * PRIOR_CVR, cpc)
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,8 @@ class LearnedPolicy:
         return cls(ctr=ctr, shading=res.model)
 
     def decide(self, world: World, eligibility: Eligibility, batch: RequestBatch) -> Decisions:
-        value = np.where(eligibility.mask(batch), self.ctr * _value_per_click(world), -1.0)
+        per_click = BootstrapPolicy().value_per_click(world, np.arange(len(self.ctr)))
+        value = np.where(eligibility.mask(batch), self.ctr * per_click, -1.0)
         creative = value.argmax(axis=1)                                  # (n,)
         v = value.max(axis=1)                                            # (n,) USD / imp
         landscape = predict_landscape(self.shading, _context(world, batch))
