@@ -2,8 +2,10 @@
 
 An auction reads user, device, ip, publisher and 20 candidate ads. Users are drawn
 Zipf-distributed over 100,000 users (a few heavy users, a long tail), as real traffic
-is. The online stores (SQLite and Redis) are loaded with synthetic rows for every
-entity, through Feast's own write path. The naive baseline is what a Feast user would
+is; each request comes from one of its user's 1-3 devices and that device's IP
+(household or carrier), as in the simulator's population. The online stores (SQLite
+and Redis) are loaded with synthetic rows for every entity, through Feast's own write
+path. The naive baseline is what a Feast user would
 write: one ``get_online_features`` call for the request-level views and one for the ads.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -27,15 +30,46 @@ from features.store import open_store
 N_USERS = 100_000
 N_ADS = 200
 N_PUBS = 500
-N_DEVICES = 100_000
 ZIPF_A = 1.2          # heavy head: the top users account for a large share of requests
 K = 20
+# Devices and IPs follow the user, as in ``simulator.population.build_humans``: a user
+# owns 1-3 devices (60/30/10%), the household shares one IP, and some devices browse
+# from a carrier IP of their own. Drawing device and IP independently of the user would
+# make every auction's device and IP a cold key, which no real traffic does.
+DEVICES_PER_USER = (1, 2, 3)
+DEVICES_PER_USER_P = (0.6, 0.3, 0.1)
+CARRIER_SHARE = 0.25  # simulator: half of the phones (55% of devices) use a carrier IP
 
 
-def _load(settings: Settings, rng: np.random.Generator) -> None:
+@dataclass(frozen=True)
+class Population:
+    """Who sends the requests: each user's devices and each device's IP."""
+
+    rank_to_user: np.ndarray   # (N_USERS,) Zipf rank -> user index (heavy users scattered)
+    first_device: np.ndarray   # (N_USERS,) index of the user's first device
+    n_devices: np.ndarray      # (N_USERS,) 1-3
+    device_ip: np.ndarray      # (n_dev,) IP index of each device
+
+    @property
+    def n_ips(self) -> int:
+        return int(self.device_ip.max()) + 1
+
+
+def population(rng: np.random.Generator) -> Population:
+    n_dev = rng.choice(np.array(DEVICES_PER_USER), size=N_USERS, p=DEVICES_PER_USER_P)
+    first = np.concatenate([[0], np.cumsum(n_dev)[:-1]])
+    owner = np.repeat(np.arange(N_USERS), n_dev)                       # (n_dev,)
+    ip = owner.copy()                                                  # household IP
+    carrier = rng.random(len(owner)) < CARRIER_SHARE
+    ip[carrier] = N_USERS + np.arange(int(carrier.sum()))              # a carrier IP each
+    return Population(rng.permutation(N_USERS), first, n_dev, ip)
+
+
+def _load(settings: Settings, rng: np.random.Generator, pop: Population) -> None:
     store = apply(settings)
     sizes = {"user_stats": N_USERS, "ad_stats": N_ADS, "campaign_stats": 50,
-             "publisher_stats": N_PUBS, "ip_stats": N_DEVICES, "device_stats": N_DEVICES}
+             "publisher_stats": N_PUBS, "ip_stats": pop.n_ips,
+             "device_stats": len(pop.device_ip)}
     prefix = {"user_stats": "u", "ad_stats": "cr", "campaign_stats": "c",
               "publisher_stats": "p", "ip_stats": "ip", "device_stats": "d"}
     ts = pd.Timestamp("2026-01-10", tz="UTC")
@@ -50,16 +84,17 @@ def _load(settings: Settings, rng: np.random.Generator) -> None:
             store.write_to_online_store(view, df.iloc[start:start + 20_000])
 
 
-def _auctions(n: int, rng: np.random.Generator) -> list[tuple[RequestContext, list[AdRef]]]:
-    users = np.minimum(rng.zipf(ZIPF_A, n), N_USERS) - 1
+def _auctions(n: int, rng: np.random.Generator,
+              pop: Population) -> list[tuple[RequestContext, list[AdRef]]]:
+    users = pop.rank_to_user[np.minimum(rng.zipf(ZIPF_A, n), N_USERS) - 1]
+    devices = pop.first_device[users] + rng.integers(0, pop.n_devices[users])
     out = []
     for i in range(n):
         ctx = RequestContext(ts=datetime(2026, 1, 10, 12, tzinfo=UTC), request_id=str(i),
                              imp_id="1", user_id=f"u{users[i]}",
                              publisher_id=f"p{rng.integers(N_PUBS)}",
-                             ip=f"ip{rng.integers(N_DEVICES)}",
-                             device_id=f"d{rng.integers(N_DEVICES)}", format="banner",
-                             w=300, h=250)
+                             ip=f"ip{pop.device_ip[devices[i]]}",
+                             device_id=f"d{devices[i]}", format="banner", w=300, h=250)
         ads = [AdRef("c", f"cr{a}", int(a % 8)) for a in rng.choice(N_ADS, K, replace=False)]
         out.append((ctx, ads))
     return out
@@ -93,9 +128,10 @@ def run(settings: Settings, *, n: int = 3000, seed: int = 5) -> list[Row]:
     }
     for name, s in stores.items():
         rng = np.random.default_rng(seed)
-        _load(s, rng)
+        pop = population(rng)
+        _load(s, rng, pop)
         store = open_store(s)
-        auctions = _auctions(n, rng)
+        auctions = _auctions(n, rng, pop)
         request_feats = [f"{v}:{f}" for v, _, _, fields in VIEWS
                          if v in ("user_stats", "publisher_stats", "ip_stats", "device_stats")
                          for f in fields]

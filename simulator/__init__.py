@@ -9,9 +9,11 @@ Nothing here runs at import time.
 from simulator.batch import (
     DEFAULT_REQUESTS_PER_DAY,
     DayEvents,
+    SimulatedRun,
     SimulationSummary,
     decisions_frame,
     iter_days,
+    read_run,
     simulate,
 )
 from simulator.campaigns import TOPIC_IAB, TOPICS, Campaign, Creative, Targeting
@@ -28,7 +30,7 @@ __all__ = [
     "CAMPAIGNS_FILE", "CRAWLER_CIDRS", "DATACENTER_CIDRS", "DEFAULT_REQUESTS_PER_DAY",
     "KIND_NAMES", "TOPICS", "TOPIC_IAB", "WORLD_FILE", "AuctionResult", "BootstrapPolicy",
     "Campaign", "Creative", "DayEvents", "InvalidBid", "LiveExchange", "SimulationError",
-    "SimulationSummary", "Targeting", "World", "WorldConfig", "bid_request", "build_world",
+    "SimulatedRun", "SimulationSummary", "Targeting", "World", "WorldConfig", "bid_request", "build_world",
     "decisions_frame", "first_price_auction", "in_ranges", "is_datacenter_ip", "iter_days",
-    "parse_bid", "simulate",
+    "parse_bid", "read_run", "simulate",
 ]

@@ -143,6 +143,32 @@ def iter_days(world: World, days: int, requests_per_day: int,
         yield DayEvents(day, batch, dec, settle(world, batch, dec.price, dec.creative))
 
 
+@dataclass(frozen=True)
+class SimulatedRun:
+    """A batch run as ``world.json`` records it: enough to regenerate every day exactly."""
+
+    world: World
+    days: int
+    requests_per_day: int
+
+    def iter_days(self) -> Iterator[DayEvents]:
+        """The run's days again, in memory, identical to what :func:`simulate` wrote."""
+        return iter_days(self.world, self.days, self.requests_per_day)
+
+
+def read_run(workspace: Workspace) -> SimulatedRun:
+    """The run :func:`simulate` wrote to ``workspace`` (its world rebuilt from the seed)."""
+    path = workspace.world / WORLD_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        config = WorldConfig.from_json(doc["config"])
+        seed, days, rpd = int(doc["seed"]), int(doc["days"]), int(doc["requests_per_day"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SimulationError(f"{path}: cannot read the simulated world ({exc}); "
+                              "run `adplatform simulate` first") from exc
+    return SimulatedRun(build_world(config, seed), days, rpd)
+
+
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -203,5 +229,5 @@ def _accumulate(s: SimulationSummary, ev: DayEvents, tables: dict[str, pd.DataFr
     s.human_clicks += int((st.outcomes.clicked & human).sum())
 
 
-__all__ = ["DEFAULT_REQUESTS_PER_DAY", "DayEvents",
-           "SimulationSummary", "decisions_frame", "iter_days", "simulate"]
+__all__ = ["DEFAULT_REQUESTS_PER_DAY", "DayEvents", "SimulatedRun", "SimulationSummary",
+           "decisions_frame", "iter_days", "read_run", "simulate"]

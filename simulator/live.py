@@ -16,7 +16,6 @@ continues the simulated clock). Decisions are logged by the bidder, not here.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -27,13 +26,13 @@ import numpy as np
 
 from adplatform.eventlog import write_events
 from adplatform.workspace import Workspace
-from simulator.batch import DEFAULT_REQUESTS_PER_DAY
+from simulator.batch import DEFAULT_REQUESTS_PER_DAY, read_run
 from simulator.errors import InvalidBid, SimulationError
 from simulator.exchange import event_tables, settle
 from simulator.openrtb import bid_request, parse_bid
 from simulator.outcomes import true_ctr
 from simulator.traffic import Clock, RequestBatch, TrafficModel, generate, request_ids
-from simulator.world import WORLD_FILE, World, WorldConfig, build_world
+from simulator.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +74,9 @@ class LiveExchange:
     def from_workspace(cls, workspace: Workspace, *, requests_per_day: int | None = None,
                        session: int = 0) -> LiveExchange:
         """The world a batch run wrote to ``workspace``, its clock after the batch days."""
-        path = workspace.world / WORLD_FILE
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            config = WorldConfig.from_json(doc["config"])
-            seed, days = int(doc["seed"]), int(doc["days"])
-            rpd = int(requests_per_day or doc["requests_per_day"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SimulationError(f"{path}: cannot read the simulated world ({exc}); "
-                                  "run `adplatform simulate` first") from exc
-        return cls(build_world(config, seed), start_day=days, requests_per_day=rpd,
-                   session=session)
+        run = read_run(workspace)
+        return cls(run.world, start_day=run.days,
+                   requests_per_day=requests_per_day or run.requests_per_day, session=session)
 
     @property
     def now(self) -> int:

@@ -261,6 +261,11 @@ def train_all(settings: Settings, size: Size = "small", report: Path | None = No
     seconds["ctr"] = time.perf_counter() - t
     out["ctr"] = {**_pick(ctr.metrics, CTR_KEYS), "holdout_days": p.ctr.holdout_days,
                   "version": ctr.version, "alias": ctr.alias}
+    if "oracle_auc" in out["ctr"]:
+        # What any model of this log could attain (simulator only): see ctr_ceiling.
+        from training.ctr_ceiling import CeilingConfig, ctr_ceiling
+
+        out["ctr"].update(ctr_ceiling(settings, CeilingConfig(holdout_days=p.ctr.holdout_days)))
     stage("ctr", "done", f"AUC {ctr.metrics['auc']:.4f}, version {ctr.version} @{ctr.alias}")
     if ctr.metrics.get("test_clicks", 0.0) < p.min_heldout_clicks:
         msg = (f"the CTR hold-out has {ctr.metrics.get('test_clicks', 0.0):.0f} clicks after "

@@ -27,7 +27,6 @@ Kaplan-Meier fitted on the training split.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,20 +103,20 @@ def regenerate(settings: Settings, holdout_ids: pd.Index) -> tuple[TruthRows, Tr
     Held-out days are those holding any of ``holdout_ids``; training days are the days
     before the first of them.
     """
-    from simulator import WORLD_FILE, WorldConfig, build_world, iter_days
+    from simulator import SimulationError, read_run
     from simulator.outcomes import true_ctr, true_cvr
     from simulator.population import HUMAN
 
-    path = settings.workspace.world / WORLD_FILE
-    if not path.exists():
-        raise DataError(f"{path} absent: the workspace was not written by the simulator")
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    world = build_world(WorldConfig.from_json(doc["config"]), int(doc["seed"]))
+    try:
+        run = read_run(settings.workspace)
+    except SimulationError as exc:
+        raise DataError(f"{exc} (the workspace was not written by the simulator)") from exc
+    world = run.world
     cat = world.catalog
     train: list[TruthRows] = []
     held: list[TruthRows] = []
     found = 0
-    for ev in iter_days(world, int(doc["days"]), int(doc["requests_per_day"])):
+    for ev in run.iter_days():
         b, dec = ev.batch, ev.decisions
         rows = np.flatnonzero(dec.bid & (b.kind == HUMAN))
         in_holdout = holdout_ids.get_indexer(pd.Index(b.request_id[rows])) >= 0
