@@ -12,8 +12,10 @@ Rows:
 * ``engine alone``: ``DecisionEngine.decide`` in this process (no HTTP), p50/p99;
 * at ``level_rate`` (1,000 req/s): the trivial FastAPI handler, the naive bidder (per
   request: ``FeatureStore.get_online_features`` for each model's feature service and
-  ``mlflow.pyfunc`` ``predict`` for each registered model), and the decision service,
-  with the decision service's ratios against both;
+  ``mlflow.pyfunc`` ``predict`` for each registered model), the decision service with
+  its bid routes on the ASGI path (``serve(fast_bid=False)``), and the decision service
+  as ``adplatform serve`` runs it (bid routes answered in the HTTP protocol), with the
+  decision service's ratios against the other three;
 * a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors);
 * a soak at ``level_rate`` for ``soak_s`` seconds: zero errors, and the decision log
   (flushed by SIGTERM) holds exactly one record per answered request.
@@ -118,15 +120,18 @@ def build_decision_service(world: Settings, campaigns: Path, log_root: Path,
 # --------------------------------------------------------------------------- servers
 
 
-def serve_decision(home: str, port: int, campaigns: str, log_root: str) -> None:
-    """Subprocess entry: the decision service as ``adplatform serve`` would run it."""
+def serve_decision(home: str, port: int, campaigns: str, log_root: str,
+                   fast_bid: bool = True) -> None:
+    """Subprocess entry: the decision service as ``adplatform serve`` would run it
+    (``fast_bid`` False: bid routes on the ASGI path, the protocol fast path's baseline)."""
     from decisioning.app import create_app
     from decisioning.server import serve
 
     world = Settings(home=Path(home))  # type: ignore[call-arg]
     svc = build_decision_service(world, Path(campaigns), Path(log_root),
                                  f"http://127.0.0.1:{port}/notice")
-    serve(create_app(svc.engine, notices=svc.notices), host="127.0.0.1", port=port)
+    serve(create_app(svc.engine, notices=svc.notices), host="127.0.0.1", port=port,
+          fast_bid=fast_bid)
 
 
 def create_naive_app(world: Settings, campaigns: Path) -> Any:
@@ -345,7 +350,8 @@ def run(settings: Settings, world: Settings, *,
                                     out / f"engine-log-{os.getpid()}")]
     env = {"ADPLATFORM_HOME": str(world.workspace.root)}
     home = str(world.workspace.root)
-    ports = {"trivial": free_port(), "naive": free_port(), "decision": free_port()}
+    ports = {"trivial": free_port(), "naive": free_port(), "decision": free_port(),
+             "asgi": free_port()}
     log_root = out / f"log-{int(time.time())}"
     codes = {
         "trivial": ("import uvicorn; from bench.trivial_app import create_app; "
@@ -355,37 +361,50 @@ def run(settings: Settings, world: Settings, *,
                   f"{ports['naive']}, {str(campaigns)!r})"),
         "decision": (f"from bench.decision import serve_decision; serve_decision({home!r}, "
                      f"{ports['decision']}, {str(campaigns)!r}, {str(log_root)!r})"),
+        "asgi": (f"from bench.decision import serve_decision; serve_decision({home!r}, "
+                 f"{ports['asgi']}, {str(campaigns)!r}, {str(log_root) + '-asgi'!r}, "
+                 "fast_bid=False)"),
     }
     names = {"trivial": "trivial FastAPI handler", "naive": "naive bidder (Feast + pyfunc)",
-             "decision": "decision service"}
+             "decision": "decision service", "asgi": "decision service, ASGI bid path"}
     level: dict[str, Row] = {}
     best: dict[str, float] = {}
     with Server(codes["trivial"], env, out / "trivial.log") as s_trivial, \
             Server(codes["naive"], env, out / "naive.log") as s_naive, \
-            Server(codes["decision"], env, out / "decision.log") as s_decision:
-        servers = {"trivial": s_trivial, "naive": s_naive, "decision": s_decision}
-        health = {"trivial": "/healthz", "naive": "/healthz", "decision": "/readyz"}
+            Server(codes["decision"], env, out / "decision.log") as s_decision, \
+            Server(codes["asgi"], env, out / "decision-asgi.log") as s_asgi:
+        servers = {"trivial": s_trivial, "naive": s_naive, "decision": s_decision,
+                   "asgi": s_asgi}
+        health = {"trivial": "/healthz", "naive": "/healthz", "decision": "/readyz",
+                  "asgi": "/readyz"}
         for key, port in ports.items():
             wait_until_healthy(f"http://127.0.0.1:{port}{health[key]}", timeout_s=180)
             run_load("127.0.0.1", port, PATH, bodies, rate=200, duration_s=cfg.warmup_s)
             servers[key].settle()
-        for key in ("trivial", "naive", "decision"):
+        for key in ("trivial", "naive", "asgi", "decision"):
+            cpu0 = servers[key].cpu_s()
             res = run_load("127.0.0.1", ports[key], PATH, bodies, rate=cfg.level_rate,
                            duration_s=cfg.level_s)
             # An overloaded server (the naive bidder) works through its backlog after
             # the load stops: measure the next one only once this one is idle again.
             settled = servers[key].settle()
-            level[key] = _row(names[key], "-", res, settle_s=round(settled, 1))
-        rows += [level["trivial"], level["naive"]]
+            # Server CPU per answer (backlog and background flushes included): steadier
+            # than latency percentiles on a 2-core machine shared with the generator.
+            cpu_ms = 1000.0 * (servers[key].cpu_s() - cpu0) / max(len(res.latencies_ms), 1)
+            level[key] = _row(names[key], "-", res, settle_s=round(settled, 1),
+                              server_cpu_ms_per_answer=round(cpu_ms, 3))
+        rows += [level["trivial"], level["naive"], level["asgi"]]
         rows.append(with_ratios(replace(level["decision"], baseline=names["trivial"]),
                                 level["trivial"]))
         rows.append(with_ratios(replace(level["decision"], baseline=names["naive"],
                                         extra=dict(level["decision"].extra)), level["naive"]))
-        for key in ("trivial", "naive", "decision"):
+        rows.append(with_ratios(replace(level["decision"], baseline=names["asgi"],
+                                        extra=dict(level["decision"].extra)), level["asgi"]))
+        for key in ("trivial", "naive", "asgi", "decision"):
             ladder_rows, best[key] = _ladder(ports[key], names[key], bodies, cfg,
                                              servers[key])
             rows += ladder_rows
-    for key in ("trivial", "naive", "decision"):
+    for key in ("trivial", "naive", "asgi", "decision"):
         rows.append(Row(suite="decision", target=f"{names[key]}: highest rate, p99 <= 10 ms",
                         baseline="-", rate=best[key], p50_ms=float("nan"),
                         p99_ms=float("nan"), throughput=best[key]))

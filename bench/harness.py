@@ -88,6 +88,13 @@ class Server:
                 break
         return time.monotonic() - start
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far."""
+        import psutil
+
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return float(t.user + t.system)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -21,6 +21,8 @@ at once with a no-bid (still logged).
 The bid routes are answered before FastAPI's routing (:class:`_DecisionAPI`): on raw
 ASGI messages, the handler reads the body (bounded), parses it once, calls
 ``engine.decide`` and writes the response with the response model's Rust serialiser.
+Under :func:`decisioning.server.serve` the same handler answers them one layer lower,
+inside the HTTP protocol (``_BidHandler.complete``), with no ASGI messages at all.
 By default ``decide`` runs on the event-loop thread: with the in-process ONNX backend,
 the online reader and an in-memory ledger it is CPU-only (``python -m bench decision``,
 engine alone, last run: p50 0.25 ms, p99 0.99 ms). When the featurizer, backend or
@@ -56,11 +58,14 @@ from decisioning.notices import (
     NoticeStoreUnavailable,
 )
 from decisioning.openapi import BID_RESPONSES, NOTICE_RESPONSES, bid_request_body, openapi_with
-from decisioning.openrtb import parse_request
+from decisioning.openrtb import BidRequest, parse_request
+from decisioning.openrtb_response import BidResponse
 
 _JSON = "application/json"
 RECEIVED_PERF = "adplatform.received_perf"      # set by decisioning.server's protocol
 RECEIVED_AT = "adplatform.received_at"          # engine-clock stamp used by the routes
+#: The bid routes (path -> OpenRTB version), answered before routing.
+BID_PATHS = {"/openrtb/2.6/bid": "2.6", "/openrtb/2.5/bid": "2.5"}
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +113,13 @@ class ReceiveStamp:
 
 
 _Headers = list[tuple[bytes, bytes]]
+_Answer = tuple[int, _Headers, bytes]     # status, headers, body
 
 
 class _BidHandler:
-    """The bid route on raw ASGI messages: stamp, authorise, read the body (bounded),
-    parse, decide, serialise. Returns (status, headers, body)."""
+    """The bid route: stamp, authorise, read the body (bounded), parse, decide,
+    serialise; returns (status, headers, body). ``__call__`` reads raw ASGI messages;
+    :meth:`complete` takes a body the HTTP protocol already collected."""
 
     def __init__(self, engine: DecisionEngine, *, keys: tuple[bytes, ...],
                  max_body_bytes: int, in_threadpool: bool) -> None:
@@ -131,10 +138,8 @@ class _BidHandler:
                 given = value[7:].strip()
         return bool(given) and any(hmac.compare_digest(given, k) for k in self.keys)
 
-    async def __call__(self, scope: Scope, receive: Receive,
-                       version: str) -> tuple[int, _Headers, bytes]:
-        received_at = _arrival(scope, self.engine.clock, self.system_clock)
-        headers: Sequence[tuple[bytes, bytes]] = scope["headers"]
+    def refuse(self, headers: Sequence[tuple[bytes, bytes]]) -> _Answer | None:
+        """401 or 413 from the headers alone, else None."""
         if self.keys and not self.authorised(headers):
             return 401, _JSON_HEADERS, _error_body("missing or unknown API key")
         for name, value in headers:
@@ -142,6 +147,60 @@ class _BidHandler:
                 if value.isdigit() and int(value) > self.limit:
                     return 413, _JSON_HEADERS, self.too_large
                 break
+        return None
+
+    def arrival(self, perf: float | None) -> float:
+        """The engine-clock arrival of a request the server stamped at ``perf``."""
+        if perf is not None and self.system_clock:
+            return perf
+        return float(self.engine.clock.monotonic())
+
+    @staticmethod
+    def parse(body: bytes) -> BidRequest | _Answer:
+        """The request, or the 400 answer that names its problems."""
+        try:
+            return parse_request(body)
+        except InvalidRequest as exc:
+            detail = [{"path": p, "message": m} for p, m in exc.problems]
+            return 400, _JSON_HEADERS, _error_body(str(exc), detail)
+
+    def answer(self, body: bytes, version: str, received_at: float) -> _Answer:
+        """Parse, decide (on this thread) and serialise one complete body."""
+        req = self.parse(body)
+        if isinstance(req, tuple):
+            return req
+        return self.respond(self.engine.decide(req, received_at), version)
+
+    @staticmethod
+    def respond(resp: BidResponse | None, version: str) -> _Answer:
+        version_header = (b"x-openrtb-version", version.encode())
+        if resp is None:
+            return 204, [version_header], b""
+        return 200, [*_JSON_HEADERS, version_header], resp.to_json()
+
+    def complete(self, headers: Sequence[tuple[bytes, bytes]], chunks: list[bytes],
+                 size: int, version: str, perf: float | None) -> _Answer:
+        """The answer to a whole request the HTTP protocol collected itself
+        (:func:`decisioning.server.stamping_protocol`): ``chunks`` hold the body's first
+        :attr:`limit` bytes of ``size``; ``perf`` is the parse-time stamp."""
+        received_at = self.arrival(perf)
+        try:
+            refused = self.refuse(headers)
+            if refused is not None:
+                return refused
+            if size > self.limit:
+                return 413, _JSON_HEADERS, self.too_large
+            return self.answer(chunks[0] if len(chunks) == 1 else b"".join(chunks), version,
+                               received_at)
+        except Exception:   # noqa: BLE001 - what the ASGI path's guard does
+            logger.exception("bid handler failed")
+            return 500, _JSON_HEADERS, _error_body("internal error")
+
+    async def __call__(self, scope: Scope, receive: Receive, version: str) -> _Answer:
+        received_at = _arrival(scope, self.engine.clock, self.system_clock)
+        refused = self.refuse(scope["headers"])
+        if refused is not None:
+            return refused
         chunks: list[bytes] = []
         size = 0
         while True:                                 # bounded even without content-length
@@ -155,19 +214,14 @@ class _BidHandler:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        try:
-            req = parse_request(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        except InvalidRequest as exc:
-            detail = [{"path": p, "message": m} for p, m in exc.problems]
-            return 400, _JSON_HEADERS, _error_body(str(exc), detail)
-        if self.in_threadpool:
-            resp = await run_in_threadpool(self.engine.decide, req, received_at)
-        else:
-            resp = self.engine.decide(req, received_at)
-        version_header = (b"x-openrtb-version", version.encode())
-        if resp is None:
-            return 204, [version_header], b""
-        return 200, [*_JSON_HEADERS, version_header], resp.to_json()
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not self.in_threadpool:
+            return self.answer(body, version, received_at)
+        req = self.parse(body)
+        if isinstance(req, tuple):
+            return req
+        return self.respond(await run_in_threadpool(self.engine.decide, req, received_at),
+                            version)
 
 
 class _DecisionAPI(FastAPI):
@@ -179,11 +233,9 @@ class _DecisionAPI(FastAPI):
     path, take the normal routes, which call the same handler.
     """
 
-    _BID_PATHS = {"/openrtb/2.6/bid": "2.6", "/openrtb/2.5/bid": "2.5"}
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            version = self._BID_PATHS.get(scope["path"])
+            version = BID_PATHS.get(scope["path"])
             handle: _BidHandler | None = getattr(self.state, "bid_handler", None)
             if version is not None and handle is not None and not scope.get("root_path"):
                 await _answer(send, *await _guarded(handle, scope, receive, version))

@@ -16,9 +16,10 @@ flushes the decision and notice logs).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from decisioning.app import RECEIVED_PERF
+from decisioning.app import BID_PATHS, RECEIVED_PERF
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -27,24 +28,115 @@ if TYPE_CHECKING:
 KEEP_ALIVE_S = 75
 
 
-def stamping_protocol() -> type[Any] | str:
-    """The stamping httptools protocol class, or ``"auto"`` without httptools."""
+class BidFastPath(Protocol):
+    """What the protocol needs to answer a bid route itself (the app's bid handler)."""
+
+    limit: int          # body bytes kept; a longer body is answered 413
+
+    def complete(self, headers: Sequence[tuple[bytes, bytes]], chunks: list[bytes],
+                 size: int, version: str, perf: float | None
+                 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
+
+
+def stamping_protocol(bid: BidFastPath | None = None) -> type[Any] | str:
+    """The stamping httptools protocol class, or ``"auto"`` without httptools.
+
+    With ``bid``, ``POST /openrtb/2.x/bid`` is answered inside the protocol: the body is
+    collected as the parser delivers it, and once the message is complete the handler
+    decides and the response bytes go straight to the transport: no ASGI task, no
+    receive/send round trips, no scope for the app. The answers are the app's own
+    (the same handler object). Everything else, a pipelined request behind one still
+    in flight, ``Expect: 100-continue`` and a configured root path take uvicorn's
+    ASGI cycle as before. ``python -m bench decision`` measures both paths in one run
+    (rows "decision service" vs "decision service, ASGI bid path", with the server's
+    CPU per answer).
+
+    It leans on uvicorn internals (``STATUS_LINE``, the keep-alive timer and
+    ``server_state``) of the version pinned in constraints.txt; the tests in
+    tests/decisioning/test_server.py compare both paths over real sockets.
+    """
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        import httptools
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
     except ImportError:
         return "auto"
 
     class StampingHttpToolsProtocol(HttpToolsProtocol):
+        _bid_version: str | None = None
+        _bid_keep_alive = True
+        _bid_chunks: list[bytes]
+        _bid_size = 0
+        _perf: float | None = None
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.scope[RECEIVED_PERF] = time.perf_counter()  # type: ignore[literal-required]
+            self._perf = time.perf_counter()
+            self.scope[RECEIVED_PERF] = self._perf  # type: ignore[literal-required]
+            self._bid_version = None
+
+        def on_headers_complete(self) -> None:
+            if bid is not None and self._fast_path():
+                return
+            super().on_headers_complete()
+
+        def _fast_path(self) -> bool:
+            if (self.parser.get_method() != b"POST" or self.expect_100_continue
+                    or self.root_path or self.parser.should_upgrade()
+                    or not (self.cycle is None or self.cycle.response_complete)):
+                return False
+            version = BID_PATHS.get(httptools.parse_url(self.url).path.decode("latin-1"))
+            if version is None:
+                return False
+            self._bid_version = version
+            self._bid_keep_alive = (self.parser.get_http_version() != "1.0"
+                                    and self.parser.should_keep_alive())
+            self._bid_chunks, self._bid_size = [], 0
+            return True
+
+        def on_body(self, body: bytes) -> None:
+            if self._bid_version is None:
+                super().on_body(body)
+                return
+            self._bid_size += len(body)
+            if self._bid_size <= bid.limit:          # type: ignore[union-attr]
+                self._bid_chunks.append(body)
+
+        def on_message_complete(self) -> None:
+            version = self._bid_version
+            if version is None:
+                super().on_message_complete()
+                return
+            self._bid_version = None
+            handler: BidFastPath = bid  # type: ignore[assignment]
+            answer = handler.complete(self.headers, self._bid_chunks, self._bid_size, version,
+                                      self._perf)
+            self._bid_chunks = []
+            self._write(*answer)
+
+        def _write(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            out = [STATUS_LINE[status]]
+            for name, value in (*self.server_state.default_headers, *headers):
+                out += [name, b": ", value, b"\r\n"]
+            if status != 204:      # a 204 carries no body and no content-length (RFC 9110)
+                out += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
+            if not self._bid_keep_alive:
+                out.append(b"connection: close\r\n")
+            out += [b"\r\n", body]
+            self.transport.write(b"".join(out))
+            self.server_state.total_requests += 1
+            if not self._bid_keep_alive:
+                self.transport.close()
+            elif not self.transport.is_closing():
+                self._unset_keepalive_if_required()
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     return StampingHttpToolsProtocol
 
 
 def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "warning", graceful_timeout_s: int = 10,
-          keep_alive_s: int = KEEP_ALIVE_S) -> None:
+          keep_alive_s: int = KEEP_ALIVE_S, fast_bid: bool = True) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (graceful: the lifespan flushes the logs).
 
     Start-up objects (Feast registry, ONNX sessions, campaign index) live as long as the
@@ -54,6 +146,10 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
     Idle keep-alive connections are kept ``keep_alive_s`` (uvicorn's default is 5 s):
     exchanges hold connection pools open between auctions, and a connection closed
     under a client costs it a retry or a failed bid request.
+
+    ``fast_bid`` answers the bid routes inside the HTTP protocol (see
+    :func:`stamping_protocol`) unless the app decides in a thread pool; False keeps
+    them on the ASGI path (the bench measures one against the other).
     """
     import gc
 
@@ -62,11 +158,14 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
     gc.collect()
     gc.freeze()
 
-    config = uvicorn.Config(app, host=host, port=port, http=stamping_protocol(),
+    handler = getattr(app.state, "bid_handler", None) if fast_bid else None
+    if handler is not None and handler.in_threadpool:
+        handler = None          # decide must not run on the loop thread: the ASGI path
+    config = uvicorn.Config(app, host=host, port=port, http=stamping_protocol(handler),
                             log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s,
                             timeout_keep_alive=keep_alive_s)
     uvicorn.Server(config).run()
 
 
-__all__ = ["KEEP_ALIVE_S", "serve", "stamping_protocol"]
+__all__ = ["KEEP_ALIVE_S", "BidFastPath", "serve", "stamping_protocol"]

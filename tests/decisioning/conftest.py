@@ -8,6 +8,9 @@ errors (``StoreUnavailable``, ``BackendUnavailable``).
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -204,3 +207,51 @@ def iab26(spec_examples: Path) -> Path:
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout_s}s")
+
+
+class ThreadServer:
+    """The app under uvicorn in a thread, with the protocol :func:`decisioning.server.serve`
+    uses: arrival stamps, and (``fast_bid``) the bid routes answered in the protocol."""
+
+    def __init__(self, app: Any, *, fast_bid: bool = True) -> None:
+        import uvicorn
+
+        from decisioning.server import stamping_protocol
+
+        self.port = free_port()
+        handler = app.state.bid_handler if fast_bid else None
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, http=stamping_protocol(handler),
+            log_level="warning", access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

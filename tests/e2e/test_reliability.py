@@ -14,11 +14,9 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,59 +41,16 @@ from features.errors import StoreUnavailable
 from serving.base import AuctionInputs
 from tests.decisioning.conftest import (
     FixedBackend,
+    ThreadServer,
     ZeroFeaturizer,
     _campaign,
     _creative,
     campaign_doc,
+    free_port,
+    wait_port,
 )
 
 BID = "/openrtb/2.6/bid"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout_s}s")
-
-
-class ThreadServer:
-    """The app under uvicorn (with the arrival-stamping protocol) in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        from decisioning.server import stamping_protocol
-
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, http=stamping_protocol(),
-            log_level="warning", access_log=False, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def requests_body(i: int, size: tuple[int, int], **extra: Any) -> bytes:

@@ -36,7 +36,7 @@ from adplatform.config import Settings
 from adplatform.eventlog import read_events
 from decisioning.budget import cpm_to_micros
 from decisioning.outcomes import read_notices
-from tests.e2e.test_reliability import free_port
+from tests.decisioning.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
