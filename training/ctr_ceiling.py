@@ -46,9 +46,9 @@ US_PER_HOUR = 3_600_000_000
 @dataclass
 class CeilingConfig:
     holdout_days: int = 4      # the same last days as the CTR model's test split (full size)
-    quality_nodes: int = 21    # Gauss-Hermite nodes: the posterior mean moves < 1e-4 past ~15
-    update_every_s: int = 3600  # held-out posterior refresh: hourly, like the batch features
-    chunk: int = 50_000        # impressions per likelihood block: (chunk, groups, nodes) floats
+    quality_nodes: int = 21    # Gauss-Hermite nodes: E[sigmoid] within 0.2% of Monte Carlo (test)
+    update_every_s: int = 3600  # held-out days: each hour's outcomes are learnt before the next
+    chunk: int = 50_000        # impressions per likelihood block: 50k x 8 x 21 float64 = 67 MB
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ def _collect(settings: Settings, holdout_days: int) -> tuple[_Impressions, np.nd
     cols: dict[str, list[np.ndarray]] = {k: [] for k in _Impressions.__dataclass_fields__}
     for ev in run.iter_days():
         st = ev.settlement
-        rows = st.won_rows[ev.batch.kind[st.won_rows] == HUMAN]
-        human = ev.batch.kind[st.won_rows] == HUMAN
+        human = ev.batch.kind[st.won_rows] == HUMAN        # over impressions (outcomes)
+        rows = st.won_rows[human]                          # over the day's requests
         b, creative = ev.batch.take(rows), st.creative[rows]
         topic = cat.topic[creative].astype(np.int64)
         rest = (cm.base + cat.quality[creative] + pubs.effect[b.publisher]
