@@ -5,8 +5,8 @@ Zipf-distributed over 100,000 users (a few heavy users, a long tail), as real tr
 is; each request comes from one of its user's 1-3 devices and that device's IP
 (household or carrier), as in the simulator's population. The online stores (SQLite
 and Redis) are loaded with synthetic rows for every entity, through Feast's own write
-path. The naive baseline is what a Feast user would
-write: one ``get_online_features`` call for the request-level views and one for the ads.
+path. The naive baseline is what a Feast user would write: one
+``get_online_features`` call for the request-level views and one for the ads.
 """
 
 from __future__ import annotations

@@ -194,8 +194,7 @@ class _BidHandler:
             return self.answer(chunks[0] if len(chunks) == 1 else b"".join(chunks), version,
                                received_at)
         except Exception:   # noqa: BLE001 - what the ASGI path's guard does
-            logger.exception("bid handler failed")
-            return 500, _JSON_HEADERS, _error_body("internal error")
+            return _internal_error()
 
     async def __call__(self, scope: Scope, receive: Receive, version: str) -> _Answer:
         received_at = _arrival(scope, self.engine.clock, self.system_clock)
@@ -249,8 +248,13 @@ async def _guarded(handle: _BidHandler, scope: Scope, receive: Receive,
     try:
         return await handle(scope, receive, version)
     except Exception:   # noqa: BLE001 - what ServerErrorMiddleware does on the slow path
-        logger.exception("bid handler failed")
-        return 500, _JSON_HEADERS, _error_body("internal error")
+        return _internal_error()
+
+
+def _internal_error() -> _Answer:
+    """Log the exception being handled; the 500 both bid paths answer with."""
+    logger.exception("bid handler failed")
+    return 500, _JSON_HEADERS, _error_body("internal error")
 
 
 async def _answer(send: Send, status: int, headers: _Headers, body: bytes) -> None:

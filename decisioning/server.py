@@ -32,10 +32,19 @@ class BidFastPath(Protocol):
     """What the protocol needs to answer a bid route itself (the app's bid handler)."""
 
     limit: int          # body bytes kept; a longer body is answered 413
+    in_threadpool: bool  # decide off the loop thread: then the ASGI path answers
 
     def complete(self, headers: Sequence[tuple[bytes, bytes]], chunks: list[bytes],
                  size: int, version: str, perf: float | None
                  ) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
+
+
+def bid_fast_path(app: FastAPI, enabled: bool = True) -> BidFastPath | None:
+    """The app's bid handler when the protocol may answer the bid routes itself: not
+    when disabled, and not when the app decides in a thread pool (``decide`` must not
+    run on the loop thread then)."""
+    handler: BidFastPath | None = getattr(app.state, "bid_handler", None) if enabled else None
+    return None if handler is None or handler.in_threadpool else handler
 
 
 def stamping_protocol(bid: BidFastPath | None = None) -> type[Any] | str:
@@ -158,14 +167,12 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
     gc.collect()
     gc.freeze()
 
-    handler = getattr(app.state, "bid_handler", None) if fast_bid else None
-    if handler is not None and handler.in_threadpool:
-        handler = None          # decide must not run on the loop thread: the ASGI path
-    config = uvicorn.Config(app, host=host, port=port, http=stamping_protocol(handler),
+    config = uvicorn.Config(app, host=host, port=port,
+                            http=stamping_protocol(bid_fast_path(app, fast_bid)),
                             log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s,
                             timeout_keep_alive=keep_alive_s)
     uvicorn.Server(config).run()
 
 
-__all__ = ["KEEP_ALIVE_S", "BidFastPath", "serve", "stamping_protocol"]
+__all__ = ["KEEP_ALIVE_S", "BidFastPath", "bid_fast_path", "serve", "stamping_protocol"]

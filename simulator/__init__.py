@@ -30,7 +30,7 @@ __all__ = [
     "CAMPAIGNS_FILE", "CRAWLER_CIDRS", "DATACENTER_CIDRS", "DEFAULT_REQUESTS_PER_DAY",
     "KIND_NAMES", "TOPICS", "TOPIC_IAB", "WORLD_FILE", "AuctionResult", "BootstrapPolicy",
     "Campaign", "Creative", "DayEvents", "InvalidBid", "LiveExchange", "SimulationError",
-    "SimulatedRun", "SimulationSummary", "Targeting", "World", "WorldConfig", "bid_request", "build_world",
-    "decisions_frame", "first_price_auction", "in_ranges", "is_datacenter_ip", "iter_days",
-    "parse_bid", "read_run", "simulate",
+    "SimulatedRun", "SimulationSummary", "Targeting", "World", "WorldConfig", "bid_request",
+    "build_world", "decisions_frame", "first_price_auction", "in_ranges", "is_datacenter_ip",
+    "iter_days", "parse_bid", "read_run", "simulate",
 ]

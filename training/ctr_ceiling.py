@@ -153,31 +153,32 @@ def _history(imps: _Impressions, affinity: np.ndarray, q: np.ndarray, wq: np.nda
     prior = np.log(np.full(n_groups, 1.0 / n_groups))[:, None] + np.log(wq)[None, :]
     logpost = np.zeros((len(people), n_groups, len(q)))  # log-likelihood so far; prior added
 
-    def update(idx: np.ndarray) -> None:
-        for s in range(0, len(idx), cfg.chunk):
-            part = idx[s:s + cfg.chunk]
-            p = _probs(imps, part, affinity, q)
-            y = imps.clicked[part][:, None, None]
-            ll = np.where(y, np.log(p), np.log1p(-p))      # (m, G, J)
-            np.add.at(logpost, person[part], ll)
+    def learn(part: np.ndarray, p: np.ndarray) -> None:
+        """Add the outcomes of impressions ``part`` (P(click) on the grid: ``p``)."""
+        y = imps.clicked[part][:, None, None]
+        np.add.at(logpost, person[part], np.where(y, np.log(p), np.log1p(-p)))  # (m, G, J)
 
-    def predict(idx: np.ndarray) -> np.ndarray:
-        lp = logpost[person[idx]] + prior                  # (m, G, J)
+    def predict(part: np.ndarray, p: np.ndarray) -> np.ndarray:
+        lp = logpost[person[part]] + prior                 # (m, G, J)
         lp -= lp.max(axis=(1, 2), keepdims=True)
         post = np.exp(lp)
         post /= post.sum(axis=(1, 2), keepdims=True)
-        return np.einsum("mgj,mgj->m", post, _probs(imps, idx, affinity, q))
+        return np.einsum("mgj,mgj->m", post, p)
 
+    train = np.flatnonzero(~imps.held)
+    for s in range(0, len(train), cfg.chunk):
+        part = train[s:s + cfg.chunk]
+        learn(part, _probs(imps, part, affinity, q))
     held = np.flatnonzero(imps.held)
-    update(np.flatnonzero(~imps.held))
     out = np.empty(len(held))
     step = cfg.update_every_s * 1_000_000
     slot = (imps.ts[held] - imps.ts[held[0]]) // step
     bounds = np.flatnonzero(np.diff(slot)) + 1
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(held)], strict=True):
-        block = held[lo:hi]
-        out[lo:hi] = predict(block)          # only what was known before this hour
-        update(block)
+        block = held[lo:hi]                  # one hour: a few thousand impressions
+        p = _probs(imps, block, affinity, q)
+        out[lo:hi] = predict(block, p)       # only what was known before this hour
+        learn(block, p)
     return out
 
 

@@ -228,17 +228,18 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
 
 class ThreadServer:
     """The app under uvicorn in a thread, with the protocol :func:`decisioning.server.serve`
-    uses: arrival stamps, and (``fast_bid``) the bid routes answered in the protocol."""
+    uses: arrival stamps, and (``fast_bid``, unless the app decides in a thread pool)
+    the bid routes answered in the protocol."""
 
     def __init__(self, app: Any, *, fast_bid: bool = True) -> None:
         import uvicorn
 
-        from decisioning.server import stamping_protocol
+        from decisioning.server import bid_fast_path, stamping_protocol
 
         self.port = free_port()
-        handler = app.state.bid_handler if fast_bid else None
         self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, http=stamping_protocol(handler),
+            app, host="127.0.0.1", port=self.port,
+            http=stamping_protocol(bid_fast_path(app, fast_bid)),
             log_level="warning", access_log=False, lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"

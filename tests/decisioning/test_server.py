@@ -24,6 +24,7 @@ class CountingHandler:
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.limit, self.calls = inner, inner.limit, 0
+        self.in_threadpool = inner.in_threadpool
 
     def complete(self, *args: Any) -> Any:
         self.calls += 1
