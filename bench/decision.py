@@ -42,7 +42,7 @@ from fastapi import Request
 
 from adplatform.config import Settings
 from bench.harness import Row, Server, free_port, with_ratios
-from bench.loadgen import LoadResult, wait_until_healthy
+from bench.loadgen import LoadResult, run_load, wait_until_healthy
 from decisioning.server import KEEP_ALIVE_S
 
 PATH = "/openrtb/2.6/bid"
@@ -62,7 +62,10 @@ class DecisionBenchConfig:
     soak_s: float = 60.0
     warmup_s: float = 2.0
     engine_n: int = 20_000
-    n_bodies: int = 5000
+    # Distinct request bodies, replayed in a cycle: 20 s of traffic at 1,000/s, so a
+    # body comes back only long after the feature cache's 5 s TTL (a 5 s cycle met
+    # every cached entry just as it expired).
+    n_bodies: int = 20_000
     seed: int = 99
 
     @classmethod
@@ -240,36 +243,6 @@ def serve_naive(home: str, port: int, campaigns: str) -> None:
                 timeout_keep_alive=KEEP_ALIVE_S)   # as decisioning.server.serve
 
 
-# --------------------------------------------------------------------------- load
-
-
-def _precise_worker(q: Any, args: tuple[Any, ...]) -> None:
-    import asyncio
-
-    from bench.loadgen import _run
-
-    # The default asyncio loop: loop.time() is time.monotonic() (sub-microsecond);
-    # uvloop's loop.time() counts whole milliseconds, which would round every latency.
-    q.put(asyncio.run(_run(*args)))
-
-
-def run_load(host: str, port: int, path: str, bodies: list[bytes], *, rate: float,
-             duration_s: float, max_conns: int = 256) -> LoadResult:
-    """:func:`bench.loadgen.run_load` (same open-loop schedule, own process) on a
-    clock with sub-millisecond resolution."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_precise_worker,
-                    args=(q, (host, port, path, bodies, rate, duration_s, {}, max_conns)),
-                    daemon=True)
-    p.start()
-    res: LoadResult = q.get(timeout=duration_s + 90)
-    p.join(timeout=10)
-    return res
-
-
 # --------------------------------------------------------------------------- phases
 
 
@@ -277,7 +250,9 @@ def _row(target: str, baseline: str, res: LoadResult, **extra: float | str) -> R
     return Row(suite="decision", target=target, baseline=baseline, rate=res.rate,
                p50_ms=res.percentile(50), p99_ms=res.percentile(99),
                throughput=res.achieved_rps, errors=res.errors,
-               extra={"sent": res.sent, "statuses": str(res.statuses), **extra})
+               extra={"sent": res.sent, "statuses": str(res.statuses),
+                      "send_lag_p50_ms": round(res.send_lag(50), 3),
+                      "send_lag_p99_ms": round(res.send_lag(99), 3), **extra})
 
 
 def engine_alone(world: Settings, campaigns: Path, bodies: list[bytes], n: int,

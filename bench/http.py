@@ -21,7 +21,9 @@ def _row(name: str, baseline: str, res: LoadResult) -> Row:
     return Row(suite="http", target=name, baseline=baseline, rate=res.rate,
                p50_ms=res.percentile(50), p99_ms=res.percentile(99),
                throughput=res.achieved_rps, errors=res.errors,
-               extra={"sent": res.sent, "statuses": str(res.statuses)})
+               extra={"sent": res.sent, "statuses": str(res.statuses),
+                      "send_lag_p50_ms": round(res.send_lag(50), 3),
+                      "send_lag_p99_ms": round(res.send_lag(99), 3)})
 
 
 def request_bodies(settings: Settings, n: int, seed: int) -> list[bytes]:

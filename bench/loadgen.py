@@ -3,15 +3,27 @@
 Requests are sent on a fixed schedule whatever the replies: request i is due at
 ``start + i / rate`` and its latency is measured from that scheduled time, so a slow
 server cannot hide queueing delay by slowing the sender down (no coordinated
-omission). A minimal HTTP/1.1 keep-alive client over asyncio streams keeps the
-generator's own cost well below the server's.
+omission).
+
+The generator is a plain ``select()`` loop over non-blocking keep-alive sockets, on
+``time.perf_counter``, because the schedule has to be kept to well under a millisecond
+for sub-millisecond latencies to mean anything:
+
+* ``select()`` takes its timeout in microseconds. asyncio's default selector (epoll)
+  rounds every timeout up to a whole millisecond, so an asyncio generator woken by a
+  reply between two due times slept past the next one, and sent it up to 1 ms late;
+  uvloop's timers and ``loop.time()`` count whole milliseconds. That lateness was
+  charged to the server as latency.
+* How late each request actually left is recorded (:attr:`LoadResult.send_lag_ms`), so
+  the generator's own accuracy is part of every result.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import multiprocessing as mp
+import select
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -26,136 +38,190 @@ class LoadResult:
     errors: int = 0                          # connection errors and 5xx
     statuses: dict[int, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    # How late each request left after its due time: the generator's own accuracy
+    # (already inside its latency; a large value means the generator, not the server,
+    # could not keep up).
+    send_lag_ms: list[float] = field(default_factory=list)
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def send_lag(self, q: float) -> float:
+        return float(np.percentile(self.send_lag_ms, q)) if self.send_lag_ms else float("nan")
 
     @property
     def achieved_rps(self) -> float:
         return len(self.latencies_ms) / self.duration_s if self.duration_s else 0.0
 
 
-class _StaleConnection(ConnectionError):
-    """The server had closed the connection before answering (nothing was read)."""
-
-
 class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    __slots__ = ("sock", "buf", "index", "due", "reused", "retried")
 
-    async def request(self, raw: bytes) -> int:
-        self.writer.write(raw)
-        try:
-            status_line = await self.reader.readline()
-        except ConnectionResetError as exc:
-            raise _StaleConnection(str(exc)) from exc
-        if not status_line:
-            raise _StaleConnection("server closed the connection")
-        status = int(status_line.split(b" ", 2)[1])
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b"\n", b""):
-                break
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:].strip())
-        if length:
-            await self.reader.readexactly(length)
-        return status
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.index = 0          # the request in flight on this connection
+        self.due = 0.0
+        self.reused = False     # sent on a connection that had answered before
+        self.retried = False
 
 
-async def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float,
-               duration_s: float, headers: dict[str, str], max_conns: int) -> LoadResult:
+def parse_response(buf: bytes) -> tuple[int, int, bool] | None:
+    """``(status, length, close)`` of the complete response at the start of ``buf``, or
+    None while it is incomplete. Replies must carry Content-Length (or have no body)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length, close = 0, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection":
+            close = value.strip().lower() == b"close"
+        elif name == b"transfer-encoding":
+            raise ValueError("chunked replies are not supported by the load generator")
+    total = end + 4 + length
+    return (status, total, close) if len(buf) >= total else None
+
+
+def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float,
+         duration_s: float, headers: dict[str, str], max_conns: int) -> LoadResult:
     """One open-loop run, with the cyclic garbage collector off: the generator must not
-    pause. With it on, full collections over the finished tasks took 30-45 ms each
-    (three or four in 15 s at 1,000/s, timed with a ``gc.callbacks`` hook in the
-    generator while profiling), and every request in flight or due meanwhile
-    was charged with the pause as if the server had been slow. What the run allocates
-    is freed by reference counting; the collector runs again after it."""
+    pause. With it on, full collections took 30-45 ms each (three or four in 15 s at
+    1,000/s, timed with a ``gc.callbacks`` hook in the generator while profiling), and
+    every request in flight or due meanwhile was charged with the pause as if the
+    server had been slow. What the run allocates is freed by reference counting; the
+    collector runs again after it."""
     gc.collect()
     gc.freeze()
     gc.disable()
     try:
-        return await _open_loop(host, port, path, bodies, rate, duration_s, headers,
-                                max_conns)
+        return _open_loop(host, port, path, bodies, rate, duration_s, headers, max_conns)
     finally:
         gc.enable()
         gc.unfreeze()
 
 
-async def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float,
-                     duration_s: float, headers: dict[str, str], max_conns: int
-                     ) -> LoadResult:
+def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float,
+               duration_s: float, headers: dict[str, str], max_conns: int) -> LoadResult:
     result = LoadResult(rate=rate, duration_s=duration_s)
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     raws = [(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
              f"{extra}Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    clock = time.perf_counter
     idle: list[_Conn] = []
+    busy: dict[socket.socket, _Conn] = {}
     open_conns = 0
-    n = int(rate * duration_s)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.2
-    tasks = []
 
-    async def one(i: int, due: float) -> None:
+    def dispatch(index: int, due: float, retried: bool) -> None:
         nonlocal open_conns
-        for attempt in range(2):
-            reused = bool(idle)
-            conn = idle.pop() if idle else None
-            if conn is None:
-                if open_conns >= max_conns:
-                    result.errors += 1        # counted as a failure: the pool is exhausted
-                    return
-                open_conns += 1
-                try:
-                    conn = _Conn(*await asyncio.open_connection(host, port))
-                except OSError:
-                    open_conns -= 1
-                    result.errors += 1
-                    return
+        conn = idle.pop() if idle and not retried else None   # a retry: a fresh one
+        if conn is None:
+            if open_conns >= max_conns:
+                result.errors += 1            # counted as a failure: the pool is exhausted
+                return
             try:
-                status = await conn.request(raws[i % len(raws)])
-            except _StaleConnection:
-                # The server closed this keep-alive connection while it sat idle in the
-                # pool, before reading the request: a client retries that on a fresh one
+                sock = socket.create_connection((host, port), timeout=5.0)
+            except OSError:
+                result.errors += 1
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            open_conns += 1
+            conn = _Conn(sock)
+        else:
+            conn.reused = True
+        conn.index, conn.due, conn.retried, conn.buf = index, due, retried, b""
+        if not retried:
+            result.send_lag_ms.append((clock() - due) * 1000.0)
+        try:
+            conn.sock.sendall(raws[index % len(raws)])   # one request: fits the buffer
+        except OSError:
+            conn.sock.close()
+            open_conns -= 1
+            result.errors += 1
+            return
+        busy[conn.sock] = conn
+
+    def drop(conn: _Conn) -> None:
+        nonlocal open_conns
+        del busy[conn.sock]
+        conn.sock.close()
+        open_conns -= 1
+
+    n = int(rate * duration_s)
+    i = 0
+    start = clock() + 0.2
+    deadline = float("inf")
+    while i < n or busy:
+        now = clock()
+        while i < n and start + i / rate <= now:
+            dispatch(i, start + i / rate, False)
+            result.sent += 1
+            i += 1
+        if i < n:
+            timeout = max(0.0, start + i / rate - clock())
+        elif not busy:
+            break
+        else:
+            if deadline == float("inf"):
+                deadline = clock() + 30.0
+            timeout = deadline - clock()
+            if timeout <= 0:
+                result.errors += len(busy)        # never answered
+                for conn in list(busy.values()):
+                    drop(conn)
+                break
+        ready, _, _ = select.select(list(busy), [], [], timeout)
+        for sock in ready:
+            conn = busy[sock]
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            t = clock()
+            if not data:
+                # The server had closed this keep-alive connection while it sat idle,
+                # before reading the request: a client retries that once on a fresh one
                 # (as HTTP clients do); the latency still counts from the due time.
-                open_conns -= 1
-                if reused and attempt == 0:
-                    continue
+                drop(conn)
+                if conn.reused and not conn.buf and not conn.retried:
+                    dispatch(conn.index, conn.due, True)
+                else:
+                    result.errors += 1
+                continue
+            conn.buf += data
+            try:
+                parsed = parse_response(conn.buf)
+            except (ValueError, IndexError):
+                drop(conn)
                 result.errors += 1
-                return
-            except (OSError, ConnectionError, ValueError, IndexError):
-                open_conns -= 1
-                result.errors += 1
-                return
-            result.latencies_ms.append((loop.time() - due) * 1000.0)
+                continue
+            if parsed is None:
+                continue
+            status, _, close = parsed
+            result.latencies_ms.append((t - conn.due) * 1000.0)
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if status >= 500:
                 result.errors += 1
-            idle.append(conn)
-            return
-
-    for i in range(n):
-        due = start + i / rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(i, due)))
-        result.sent += 1
-    await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
-    for c in idle:
-        c.writer.close()
+            if close:
+                drop(conn)
+            else:
+                del busy[sock]
+                idle.append(conn)
+    for conn in idle:
+        conn.sock.close()
     return result
 
 
 def _worker(q: mp.Queue, args: tuple) -> None:  # type: ignore[type-arg]
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    q.put(asyncio.run(_run(*args)))
+    q.put(_run(*args))
 
 
 def run_load(host: str, port: int, path: str, bodies: list[bytes], *, rate: float,
@@ -167,7 +233,7 @@ def run_load(host: str, port: int, path: str, bodies: list[bytes], *, rate: floa
     args = (host, port, path, bodies, rate, duration_s, headers or {}, max_conns)
     p = ctx.Process(target=_worker, args=(q, args), daemon=True)
     p.start()
-    res: LoadResult = q.get(timeout=duration_s + 60)
+    res: LoadResult = q.get(timeout=duration_s + 90)
     p.join(timeout=10)
     return res
 
@@ -186,4 +252,4 @@ def wait_until_healthy(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s}s")
 
 
-__all__ = ["LoadResult", "run_load", "wait_until_healthy"]
+__all__ = ["LoadResult", "parse_response", "run_load", "wait_until_healthy"]

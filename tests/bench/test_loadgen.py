@@ -1,0 +1,130 @@
+"""The open-loop load generator: response framing, counting, retries and failures,
+against a small raw-socket server in a thread (no timings are asserted)."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from bench.loadgen import _run, parse_response
+
+
+def test_parse_response_waits_for_the_whole_reply() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+    assert parse_response(head[:10]) is None
+    assert parse_response(head + b"abc") is None
+    assert parse_response(head + b"abcde") == (200, len(head) + 5, False)
+    assert parse_response(head + b"abcdeHTTP/1.1") == (200, len(head) + 5, False)
+
+
+def test_parse_response_without_body_and_with_close() -> None:
+    raw = b"HTTP/1.1 204 No Content\r\nserver: x\r\n\r\n"
+    assert parse_response(raw) == (204, len(raw), False)
+    raw = b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    assert parse_response(raw) == (503, len(raw), True)
+
+
+def test_parse_response_rejects_chunked_replies() -> None:
+    with pytest.raises(ValueError, match="chunked"):
+        parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    """Reads requests (headers + Content-Length body) and answers each with the server's
+    ``status``; ``drop_after_reply`` closes the connection silently after every reply,
+    as a server does when an idle keep-alive connection times out."""
+
+    server: _Server
+
+    def handle(self) -> None:
+        buf = b""
+        sock: socket.socket = self.request
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while len(rest) < length:
+                rest += sock.recv(65536)
+            buf = rest[length:]
+            self.server.requests += 1
+            extra = b"Connection: close\r\n" if self.server.close_header else b""
+            sock.sendall(b"HTTP/1.1 %d X\r\n%sContent-Length: 2\r\n\r\nok"
+                         % (self.server.status, extra))
+            if self.server.drop_after_reply or self.server.close_header:
+                return
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, status: int, drop_after_reply: bool, close_header: bool) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.status, self.drop_after_reply = status, drop_after_reply
+        self.close_header = close_header
+        self.requests = 0
+
+
+@contextmanager
+def server(status: int = 200, *, drop_after_reply: bool = False,
+           close_header: bool = False) -> Iterator[_Server]:
+    srv = _Server(status, drop_after_reply, close_header)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _load(port: int, rate: float = 200.0, duration_s: float = 0.25):  # type: ignore[no-untyped-def]
+    return _run("127.0.0.1", port, "/bid", [b'{"id":"1"}', b'{"id":"2"}'], rate, duration_s,
+                {"x-api-key": "k"}, 8)
+
+
+def test_every_scheduled_request_is_answered_and_timed() -> None:
+    with server() as srv:
+        res = _load(srv.server_address[1])
+    assert res.sent == 50 and srv.requests == 50
+    assert res.statuses == {200: 50} and res.errors == 0
+    assert len(res.latencies_ms) == 50 and min(res.latencies_ms) > 0
+    assert len(res.send_lag_ms) == 50
+    assert res.achieved_rps == pytest.approx(200.0)
+
+
+def test_server_errors_are_counted() -> None:
+    with server(503) as srv:
+        res = _load(srv.server_address[1])
+    assert res.statuses == {503: 50} and res.errors == 50
+
+
+def test_a_keep_alive_connection_closed_while_idle_is_retried_once() -> None:
+    with server(drop_after_reply=True) as srv:
+        res = _load(srv.server_address[1], rate=100.0)
+    assert res.statuses == {200: 25} and res.errors == 0
+    assert srv.requests == 25                # the request never reached the server twice
+
+
+def test_connection_close_replies_are_followed() -> None:
+    with server(close_header=True) as srv:
+        res = _load(srv.server_address[1], rate=100.0)
+    assert res.statuses == {200: 25} and res.errors == 0
+
+
+def test_a_server_that_is_not_there_is_an_error_per_request() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # bound, never listening: refused
+        res = _load(port, rate=100.0)
+    assert res.sent == 25 and res.errors == 25 and not res.latencies_ms
