@@ -41,7 +41,7 @@ import numpy as np
 from fastapi import Request
 
 from adplatform.config import Settings
-from bench.harness import Row, Server, free_port, with_ratios
+from bench.harness import Row, Server, free_port, load_row, with_ratios
 from bench.loadgen import LoadResult, run_load, wait_until_healthy
 from decisioning.server import KEEP_ALIVE_S
 
@@ -247,12 +247,7 @@ def serve_naive(home: str, port: int, campaigns: str) -> None:
 
 
 def _row(target: str, baseline: str, res: LoadResult, **extra: float | str) -> Row:
-    return Row(suite="decision", target=target, baseline=baseline, rate=res.rate,
-               p50_ms=res.percentile(50), p99_ms=res.percentile(99),
-               throughput=res.achieved_rps, errors=res.errors,
-               extra={"sent": res.sent, "statuses": str(res.statuses),
-                      "send_lag_p50_ms": round(res.send_lag(50), 3),
-                      "send_lag_p99_ms": round(res.send_lag(99), 3), **extra})
+    return load_row("decision", target, baseline, res, **extra)
 
 
 def engine_alone(world: Settings, campaigns: Path, bodies: list[bytes], n: int,

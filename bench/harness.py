@@ -11,9 +11,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from bench.loadgen import LoadResult
 
 
 @dataclass
@@ -29,6 +33,18 @@ class Row:
     ratio_p50: float | None = None   # baseline p50 / target p50 (>1: target faster)
     ratio_p99: float | None = None
     extra: dict[str, float | str] = field(default_factory=dict)
+
+
+def load_row(suite: str, target: str, baseline: str, res: LoadResult,
+             **extra: float | str) -> Row:
+    """The row of one open-loop run: latency percentiles from the due times, the
+    generator's own send lag beside them."""
+    return Row(suite=suite, target=target, baseline=baseline, rate=res.rate,
+               p50_ms=res.percentile(50), p99_ms=res.percentile(99),
+               throughput=res.achieved_rps, errors=res.errors,
+               extra={"sent": res.sent, "statuses": str(res.statuses),
+                      "send_lag_p50_ms": round(res.send_lag(50), 3),
+                      "send_lag_p99_ms": round(res.send_lag(99), 3), **extra})
 
 
 def with_ratios(target: Row, baseline: Row) -> Row:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from adplatform.config import Settings
-from bench.harness import Row, Server, free_port, with_ratios
+from bench.harness import Row, Server, free_port, load_row, with_ratios
 from bench.loadgen import LoadResult, run_load, wait_until_healthy
 from decisioning.server import KEEP_ALIVE_S
 
@@ -18,12 +18,7 @@ PATH = "/openrtb/2.6/bid"
 
 
 def _row(name: str, baseline: str, res: LoadResult) -> Row:
-    return Row(suite="http", target=name, baseline=baseline, rate=res.rate,
-               p50_ms=res.percentile(50), p99_ms=res.percentile(99),
-               throughput=res.achieved_rps, errors=res.errors,
-               extra={"sent": res.sent, "statuses": str(res.statuses),
-                      "send_lag_p50_ms": round(res.send_lag(50), 3),
-                      "send_lag_p99_ms": round(res.send_lag(99), 3)})
+    return load_row("http", name, baseline, res)
 
 
 def request_bodies(settings: Settings, n: int, seed: int) -> list[bytes]:

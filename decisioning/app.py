@@ -25,11 +25,10 @@ Under :func:`decisioning.server.serve` the same handler answers them one layer l
 inside the HTTP protocol (``_BidHandler.complete``), with no ASGI messages at all.
 By default ``decide`` runs on the event-loop thread: with the in-process ONNX backend,
 the online reader and an in-memory ledger it is CPU-only (``python -m bench decision``,
-engine alone on 20,000 distinct requests, 2026-12-06: p50 0.63-0.79 ms, p99
-1.22-1.37 ms on a 2-core machine). When the
-featurizer, backend or ledger talk to the network (Redis, Triton, BentoML), pass
-``decide_in_threadpool=True`` so one slow call does not stall every other request
-(notices then run in the pool too).
+engine alone on 20,000 distinct requests, three runs on 2026-12-06 on a 2-core machine:
+p50 0.53-0.75 ms, p99 1.08-1.27 ms). When the featurizer, backend or ledger talk to
+the network (Redis, Triton, BentoML), pass ``decide_in_threadpool=True`` so one slow
+call does not stall every other request (notices then run in the pool too).
 The lifespan closes the engine and the notice service (flushing their logs) on shutdown.
 """
 
