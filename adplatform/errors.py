@@ -5,6 +5,7 @@ Every package defines its own errors under :class:`AdPlatformError`::
     AdPlatformError
     ├── ConfigError                 bad settings or profile
     ├── DataError                   malformed input data (names file and line)
+    ├── PartWriterError             the event-log part writer process died
     ├── features.FeatureStoreError  online/offline store failures
     │   └── features.StoreUnavailable
     ├── serving.ServingError        model backends
@@ -35,3 +36,8 @@ class DataError(AdPlatformError):
         super().__init__(f"{where}{message}")
         self.path = path
         self.line = line
+
+
+class PartWriterError(AdPlatformError):
+    """The event-log part writer process died or could not start; the part was not
+    written (:mod:`adplatform.partwriter`)."""

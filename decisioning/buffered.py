@@ -1,7 +1,9 @@
 """A buffered, background-flushed writer of day-partitioned parquet parts.
 
-Subclasses say how a list of rows becomes files (:meth:`BufferedParquetWriter._write`);
-this class owns the buffer, the writer thread and the part numbers:
+Subclasses say how a list of rows becomes files (:meth:`BufferedParquetWriter._write`),
+and may keep each row in another form until then (:meth:`BufferedParquetWriter._encode`:
+the decision sink keeps encoded bytes); this class owns the buffer, the writer thread
+and the part numbers:
 
 * rows are appended under a lock (the request path never waits on disk);
 * a daemon thread flushes every ``flush_every`` rows or ``flush_interval_s`` seconds;
@@ -22,8 +24,9 @@ import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
+from adplatform.partwriter import DEFAULT_WRITER, PartWriterProcess, write_with
 from decisioning.errors import DecisionError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +57,7 @@ class BufferedParquetWriter(Generic[T]):
         self.root = Path(root)
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
-        self._buffer: list[T] = []
+        self._buffer: list[Any] = []              # rows as _encode returns them
         self._lock = threading.Lock()               # guards _buffer and _closing
         self._wake = threading.Condition(self._lock)
         self._write_lock = threading.Lock()         # one writer at a time; guards _part
@@ -69,8 +72,13 @@ class BufferedParquetWriter(Generic[T]):
                                         daemon=True)
         self._thread.start()
 
-    def _write(self, rows: list[T], part: int) -> list[Path]:
+    def _write(self, rows: list[Any], part: int) -> list[Path]:
+        """Write buffered rows (as :meth:`_encode` returned them) as part ``part``."""
         raise NotImplementedError
+
+    def _encode(self, rows: Iterable[T]) -> list[Any]:
+        """What the buffer keeps for ``rows`` (called on the caller's thread): the rows."""
+        return list(rows)
 
     @property
     def pending(self) -> int:
@@ -78,10 +86,11 @@ class BufferedParquetWriter(Generic[T]):
         return len(self._buffer) + self._inflight
 
     def extend(self, rows: Iterable[T]) -> None:
+        items = self._encode(rows)
         with self._lock:
             if self._closing:
                 raise DecisionError(f"the {self.what} sink is closed")
-            self._buffer.extend(rows)
+            self._buffer.extend(items)
             if len(self._buffer) >= self.flush_every:
                 self._wake.notify()
 
@@ -130,4 +139,45 @@ class BufferedParquetWriter(Generic[T]):
         self._closed = True
 
 
-__all__ = ["BufferedParquetWriter", "next_part"]
+class EncodedPartWriter(BufferedParquetWriter[T]):
+    """A :class:`BufferedParquetWriter` that keeps each row encoded as bytes (encoded on
+    the caller's thread, :meth:`_encode_row`) and writes a part with ``encoded_writer``
+    (``"module:function(root, table, blob, part)"``, :mod:`adplatform.partwriter`):
+    in a child process with ``writer="process"`` (the default; started by the first
+    flush), so that building the table never holds this process's GIL, or in the
+    writer thread with ``"thread"``."""
+
+    encoded_writer = DEFAULT_WRITER
+
+    def __init__(self, root: Path, *, flush_every: int = 5000,
+                 flush_interval_s: float | None = 5.0,
+                 writer: Literal["process", "thread"] = "process") -> None:
+        if writer not in ("process", "thread"):
+            raise ValueError(f"writer must be 'process' or 'thread', got {writer!r}")
+        self._process = PartWriterProcess() if writer == "process" else None
+        super().__init__(root, flush_every=flush_every, flush_interval_s=flush_interval_s)
+
+    def _encode_row(self, row: T) -> bytes:
+        raise NotImplementedError
+
+    def _encode(self, rows: Iterable[T]) -> list[Any]:
+        encode = self._encode_row
+        return [encode(r) for r in rows]
+
+    def _write(self, rows: list[bytes], part: int) -> list[Path]:
+        blob = b",".join(rows)
+        if self._process is None:
+            return write_with(self.encoded_writer, self.root, self.table, blob, part)
+        return self._process.write(self.root, self.table, blob, part,
+                                   writer=self.encoded_writer)
+
+    def close(self) -> None:
+        """Flush what is left, then stop the writer process. Idempotent."""
+        try:
+            super().close()
+        finally:
+            if self._process is not None:
+                self._process.close()
+
+
+__all__ = ["BufferedParquetWriter", "EncodedPartWriter", "next_part"]

@@ -1,9 +1,11 @@
 """The decision log: one :class:`DecisionRecord` per (request id, imp id), bid or no-bid.
 
 Records have exactly the columns of the event log's ``decisions`` table
-(:data:`adplatform.eventlog.SCHEMAS`). :class:`ParquetDecisionSink` buffers them and a
-background thread writes them with :func:`adplatform.eventlog.write_events`, so the
-request path never waits on disk; :class:`MemorySink` keeps them in a list for tests.
+(:data:`adplatform.eventlog.SCHEMAS`). :class:`ParquetDecisionSink` encodes each record
+when it is logged, buffers the bytes, and a background thread hands each batch to a
+child process that builds and writes the part (:mod:`adplatform.partwriter`), so the
+request path neither waits on disk nor on a table build holding the GIL;
+:class:`MemorySink` keeps them in a list for tests.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import pyarrow as pa
 
-from adplatform.eventlog import SCHEMAS, write_events
-from decisioning.buffered import BufferedParquetWriter
+from adplatform.eventlog import SCHEMAS
+from adplatform.partwriter import encode_row, timestamp_us
+from decisioning.buffered import EncodedPartWriter
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,15 @@ def records_table(records: Iterable[DecisionRecord]) -> pa.Table:
     schema = SCHEMAS["decisions"]
     return pa.table({c: pa.array([getattr(r, c) for r in rows], type=schema.field(c).type)
                      for c in DECISION_COLUMNS}, schema=schema)
+
+
+def encode_record(r: DecisionRecord) -> bytes:
+    """One record as the part writer's row encoding (:func:`adplatform.partwriter.encode_row`);
+    :func:`adplatform.partwriter.rows_table` turns the joined rows back into the same table
+    as :func:`records_table` (the engine logs no non-finite floats, which would become null)."""
+    return encode_row((timestamp_us(r.ts), r.request_id, r.imp_id, r.bid, r.price,
+                       r.campaign_id, r.creative_id, r.reason, r.pctr, r.value, r.propensity,
+                       r.policy, r.variant, r.model_version, r.feature_service, r.latency_ms))
 
 
 def records_frame(records: Iterable[DecisionRecord]) -> pd.DataFrame:
@@ -99,8 +110,12 @@ class MemorySink:
             return records_frame(self.records)
 
 
-class ParquetDecisionSink(BufferedParquetWriter[DecisionRecord]):
+class ParquetDecisionSink(EncodedPartWriter[DecisionRecord]):
     """Buffers records; writes ``<root>/decisions/date=…/part-NNNNN.parquet`` files.
+
+    ``writer="process"`` (the default) builds and writes each part in a child process
+    (:class:`adplatform.partwriter.PartWriterProcess`, started with the first flush);
+    ``"thread"`` does it in the writer thread, holding the GIL while the table is built.
 
     A background thread flushes every ``flush_every`` records or ``flush_interval_s``
     seconds, whichever comes first; :meth:`close` flushes the rest. Each flush takes the
@@ -110,15 +125,16 @@ class ParquetDecisionSink(BufferedParquetWriter[DecisionRecord]):
 
     A failed write keeps its records for the next flush and is logged; :meth:`flush` and
     :meth:`close` raise it. A SIGKILL loses what is buffered: at most ``flush_every``
-    records or ``flush_interval_s`` seconds of them; SIGTERM loses nothing.
+    records or ``flush_interval_s`` seconds of them (a write already handed to the child
+    process still completes, unless the child is killed too); SIGTERM loses nothing.
     """
 
     table = "decisions"
     what = "decision"
 
-    def _write(self, rows: list[DecisionRecord], part: int) -> list[Path]:
-        return write_events(self.root, "decisions", records_table(rows), part=part)
+    def _encode_row(self, row: DecisionRecord) -> bytes:
+        return encode_record(row)
 
 
 __all__ = ["DECISION_COLUMNS", "DecisionRecord", "DecisionSink", "MemorySink",
-           "ParquetDecisionSink", "records_frame", "records_table"]
+           "ParquetDecisionSink", "encode_record", "records_frame", "records_table"]

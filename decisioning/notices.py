@@ -46,8 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from adplatform.partwriter import encode_row, rows_table, timestamp_us
 from decisioning.budget import BudgetLedger, BudgetUnavailable, InvalidAmount, cpm_to_micros
-from decisioning.buffered import BufferedParquetWriter
+from decisioning.buffered import EncodedPartWriter
 from decisioning.clock import Clock, SystemClock
 from decisioning.errors import DecisionError
 from decisioning.frequency import FrequencyCounter, FrequencyUnavailable
@@ -277,9 +278,25 @@ def notices_table(rows: Sequence[NoticeRecord]) -> pa.Table:
                      for c in NOTICE_COLUMNS}, schema=NOTICE_SCHEMA)
 
 
+def encode_notice(r: NoticeRecord) -> bytes:
+    """One notice as the part writer's row encoding (:mod:`adplatform.partwriter`)."""
+    return encode_row((timestamp_us(r.ts), r.kind, r.request_id, r.imp_id, r.bid_id,
+                       r.campaign_id, r.creative_id, r.price, r.currency, r.cost_micros,
+                       r.loss_code, r.min_to_win))
+
+
+def write_encoded_notices(root: Path, table: str, blob: bytes, part: int) -> list[Path]:
+    """Encoded notices (joined with ``b","``) as part ``part`` (the part writer calls
+    this in its child process; ``table`` is ``"notices"``)."""
+    return _write_table(root, rows_table(NOTICE_SCHEMA, blob), part)
+
+
 def write_notices(root: Path, rows: Sequence[NoticeRecord], *, part: int = 0) -> list[Path]:
     """``<root>/notices/date=YYYY-MM-DD/part-NNNNN.parquet``, sorted, one file per day."""
-    tbl = notices_table(rows)
+    return _write_table(root, notices_table(rows), part)
+
+
+def _write_table(root: Path, tbl: pa.Table, part: int) -> list[Path]:
     if tbl.num_rows == 0:
         return []
     tbl = tbl.sort_by([("ts", "ascending"), ("request_id", "ascending"),
@@ -313,14 +330,16 @@ class MemoryNoticeSink:
         """Nothing buffered."""
 
 
-class ParquetNoticeSink(BufferedParquetWriter[NoticeRecord]):
-    """Notices to parquet, buffered (see :class:`decisioning.buffered.BufferedParquetWriter`)."""
+class ParquetNoticeSink(EncodedPartWriter[NoticeRecord]):
+    """Notices to parquet, buffered and written by a child process by default (see
+    :class:`decisioning.buffered.EncodedPartWriter`)."""
 
     table = "notices"
     what = "notice"
+    encoded_writer = "decisioning.notices:write_encoded_notices"
 
-    def _write(self, rows: list[NoticeRecord], part: int) -> list[Path]:
-        return write_notices(self.root, rows, part=part)
+    def _encode_row(self, row: NoticeRecord) -> bytes:
+        return encode_notice(row)
 
 
 # --------------------------------------------------------------------------- service
@@ -405,6 +424,6 @@ __all__ = [
     "NOTICE_COLUMNS", "NOTICE_KINDS", "NOTICE_SCHEMA", "InMemoryNoticeDedupe",
     "InvalidNotice", "MemoryNoticeSink", "Notice", "NoticeDedupe", "NoticeRecord",
     "NoticeResult", "NoticeService", "NoticeSink", "NoticeStoreUnavailable", "NoticeUrls",
-    "ParquetNoticeSink", "RedisNoticeDedupe", "notices_table", "parse_notice",
-    "write_notices",
+    "ParquetNoticeSink", "RedisNoticeDedupe", "encode_notice", "notices_table", "parse_notice",
+    "write_encoded_notices", "write_notices",
 ]

@@ -8,7 +8,10 @@ per-call feature resolution, reads every view of an auction in one round trip (o
 the model matrices directly. Other online stores go through Feast's ``online_read``.
 A bounded LRU cache with a TTL sits in front of the store: ``cache_size`` entries at
 most (an entity row, or the rows of a whole candidate list), none older than
-``cache_ttl_s`` seconds.
+``cache_ttl_s`` seconds. On SQLite the reader reads through its own connection to
+Feast's database file, which maps the file into memory and keeps a larger page cache
+(``sqlite_mmap_mb``, ``sqlite_cache_mb``): a page read is then a memory access instead
+of a ``read()`` system call; Feast's own connection (used for writes) is untouched.
 
 Unknown entities get NaN (then defaults and a "missing" indicator in the matrix); an
 unreachable store raises :class:`features.StoreUnavailable`.
@@ -16,6 +19,8 @@ unreachable store raises :class:`features.StoreUnavailable`.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +57,12 @@ if TYPE_CHECKING:
 class ReaderConfig:
     cache_size: int = 200_000    # entries: an entity row (~200 B) or a candidate list (~1 kB)
     cache_ttl_s: float = 5.0     # staleness bound: batch views change daily, streams in ~1 s
+    # SQLite only. Map up to this much of the database file: the bench world's store is
+    # 470 MB, and with SQLite's default 2 MB page cache every cold page was a read()
+    # system call (engine alone on 15,000 fresh requests, p99 0.80-0.92 -> 0.60-0.62 ms).
+    # 0: no mapping. SQLite maps only what the file holds and grows the map with it.
+    sqlite_mmap_mb: int = 1024
+    sqlite_cache_mb: int = 64    # SQLite's page cache for the reader's connection
 
 
 # HMGET on every key with its view's fields, in one call. ARGV: per view, the number of
@@ -172,6 +183,9 @@ class OnlineReader:
         self.feature_service = "ctr_v1"
         self._shared_data = shared_data
         self._plan = _AuctionPlan(self._fields)
+        self._sqlite_cfg = cfg
+        self._sqlite: sqlite3.Connection | None = None
+        self._sqlite_lock = threading.Lock()
 
     @property
     def cache_stats(self) -> CacheStats:
@@ -343,13 +357,37 @@ class OnlineReader:
                 self._repo_config.project, self._views[view], versioning))
         return table
 
+    def _sqlite_conn(self) -> sqlite3.Connection:
+        """The reader's connection to Feast's SQLite file, opened on first use: read-only
+        (``query_only``), memory-mapped, with its own page cache. WAL mode (which Feast's
+        writers and ``features.ops`` use) lets it read while they write."""
+        conn = self._sqlite
+        if conn is None:
+            with self._sqlite_lock:
+                if self._sqlite is None:
+                    online: Any = self._online
+                    path = online._get_db_path(self._repo_config)
+                    cfg = self._sqlite_cfg
+                    new = sqlite3.connect(path, check_same_thread=False)
+                    new.execute("PRAGMA query_only=1")
+                    new.execute(f"PRAGMA mmap_size={int(cfg.sqlite_mmap_mb) << 20}")
+                    new.execute(f"PRAGMA cache_size={-1024 * int(cfg.sqlite_cache_mb)}")
+                    self._sqlite = new
+                conn = self._sqlite
+        return conn
+
+    def close(self) -> None:
+        """Close the reader's own SQLite connection (Feast's store stays open)."""
+        with self._sqlite_lock:
+            if self._sqlite is not None:
+                self._sqlite.close()
+                self._sqlite = None
+
     def _fetch_sqlite(self, misses: dict[str, list[str]]
                       ) -> dict[str, list[list[float] | None]]:
         """Feast's SQLite ``online_read`` for several views in one ``UNION ALL`` query,
         without the event timestamps (Feast parses one datetime per stored field; the
         reader does not use them)."""
-        online: Any = self._online
-        config = self._repo_config
         parts: list[str] = []
         params: list[Any] = []
         serialized: dict[str, list[bytes]] = {}
@@ -361,8 +399,8 @@ class OnlineReader:
             params += ser
         found: list[dict[bytes, dict[str, float]]] = [{} for _ in misses]
         memo, parse = self._value_memo, self._parse
-        for n, key, name, blob in online._get_conn(config).execute(" UNION ALL ".join(parts),
-                                                                   params):
+        for n, key, name, blob in self._sqlite_conn().execute(" UNION ALL ".join(parts),
+                                                              params):
             found[n].setdefault(key, {})[name] = memo[blob] if blob in memo else parse(blob)
         nan = float("nan")
         out: dict[str, list[list[float] | None]] = {}

@@ -250,3 +250,31 @@ async def test_notice_store_down_is_503(engine: DecisionEngine) -> None:
 async def test_without_a_notice_service_there_are_no_notice_routes(
         client: httpx.AsyncClient) -> None:
     assert (await client.get("/notice/win", params=_params())).status_code == 404
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_notice_parts_are_the_same_from_the_child_process_and_the_thread(
+        tmp_path: Path, writer: str) -> None:
+    """The encoded notice rows decode to the table the records make (nulls, large
+    integers, naive timestamps), whichever side writes the part."""
+    import pyarrow.parquet as pq
+
+    from adplatform.partwriter import rows_table
+    from decisioning.notices import NOTICE_SCHEMA, NoticeRecord, encode_notice, notices_table
+
+    t = datetime(2024, 3, 1, 12, 0, 0, 123_456, tzinfo=UTC)
+    recs = [NoticeRecord(t, "billing", "r1", "1", "b1", "c1", "cr1", 2.5, "USD", 2_500,
+                         None, None),
+            NoticeRecord(t.replace(tzinfo=None), "loss", "r2 ü", "2", "b2", "c1", "cr1", None,
+                         "EUR", 0, 102, 4.25),
+            NoticeRecord(t, "win", "r3", "1", "b3", "c2", "cr2", 1e-7, "USD", 2**53, None, 0.0)]
+    expected = notices_table(recs)
+    assert rows_table(NOTICE_SCHEMA, b",".join(encode_notice(r) for r in recs)).equals(expected)
+    sink = ParquetNoticeSink(tmp_path, flush_interval_s=None, writer=writer)  # type: ignore[arg-type]
+    sink.extend(recs)
+    sink.close()
+    [path] = sink.files_written
+    assert pq.read_table(path).equals(expected.sort_by([("ts", "ascending"),
+                                                        ("request_id", "ascending"),
+                                                        ("imp_id", "ascending"),
+                                                        ("kind", "ascending")]))
