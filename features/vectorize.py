@@ -135,6 +135,35 @@ _CTR_N_RAW = 2 * _T + 6
 _TOPIC = _CTR_N_RAW + CONTEXT.index("topic")
 
 
+# ctr_matrix computes every smoothed ratio in one call over a gathered (N, T + 4) pair of
+# imps and clicks matrices, then lays the columns out with one gather: about 25 numpy
+# calls instead of 50, whatever N (an auction has 20 rows: the calls, not the data, cost).
+# Column positions, in the raw block x: user 0/1, topics 2.., ad and pub after them; the
+# candidate topic's user imps and clicks are appended at _R_UT, _R_UT + 1.
+_R_UT = _CTR_N_RAW
+_IMPS = np.array([0, _R_UT, *range(2, 2 + _T), 2 * _T + 2, 2 * _T + 4])        # (T + 4,)
+_CLICKS = np.array([1, _R_UT + 1, *range(2 + _T, 2 + 2 * _T), 2 * _T + 3, 2 * _T + 5])
+_MISSING = np.array([0, 2 * _T + 2, 2 * _T + 4])            # user, ad, pub raw columns
+_TOPIC_COLS = np.array([2, 2 + _T])                          # topic 0's imps and clicks
+
+
+def _ctr_layout() -> np.ndarray:
+    """Where each CTR_FEATURES column comes from in the concatenation of ctr_matrix:
+    imps (T + 4), clicks (T + 4), smoothed (T + 4), share (1), context, missing (3)."""
+    w = _T + 4
+    i, c, s = 0, w, 2 * w                   # first column of each block
+    share, ctx = 3 * w, 3 * w + 1
+    ad, pub = _T + 2, _T + 3                # position of ad and pub inside a block
+    return np.array([i, c, s, i + 1, c + 1, s + 1, share, *range(s + 2, s + 2 + _T),
+                     i + ad, c + ad, s + ad, i + pub, c + pub, s + pub,
+                     *range(ctx, ctx + len(CONTEXT)),
+                     *range(ctx + len(CONTEXT), ctx + len(CONTEXT) + 3)])
+
+
+_CTR_LAYOUT = _ctr_layout()
+_OUT_TOPIC = 7 + _T + 6 + CONTEXT.index("topic")
+
+
 def ctr_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     """(N, len(CTR_FEATURES)) float32 from raw store columns (NaN = missing) + context.
 
@@ -146,29 +175,18 @@ def ctr_matrix(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     raw = x[:, :_CTR_N_RAW]
     nan = np.isnan(raw)
     z = np.where(nan, 0.0, raw)                                    # missing -> 0
-    u_imps, u_clicks = z[:, 0], z[:, 1]
-    t_imps, t_clicks = z[:, 2:2 + _T], z[:, 2 + _T:2 + 2 * _T]     # (N, T) each
-    counts = z[:, 2 * _T + 2:]                                     # ad imps, clicks, pub ...
     topic = x[:, _TOPIC].astype(np.int64)
     in_range = (topic >= 0) & (topic < _T)
-    idx = np.clip(topic, 0, _T - 1)
-    rows = np.arange(n)
-    ut_imps = np.where(in_range, t_imps[rows, idx], 0.0)          # (N,)
-    ut_clicks = np.where(in_range, t_clicks[rows, idx], 0.0)
-    out = np.empty((n, len(CTR_FEATURES)), dtype=np.float32)
-    out[:, 0], out[:, 1], out[:, 2] = u_imps, u_clicks, _smooth(u_clicks, u_imps)
-    out[:, 3], out[:, 4] = ut_imps, ut_clicks
-    out[:, 5] = _smooth(ut_clicks, ut_imps)
-    out[:, 6] = ut_imps / np.maximum(u_imps, 1.0)
-    j = 7 + _T
-    out[:, 7:j] = _smooth(t_clicks, t_imps)                        # user_ctr_t0..T-1
-    # ad then pub: imps, clicks, smoothed ctr
-    out[:, j:j + 6:3], out[:, j + 1:j + 6:3] = counts[:, 0::2], counts[:, 1::2]
-    out[:, j + 2:j + 6:3] = _smooth(counts[:, 1::2], counts[:, 0::2])
-    j += 6
-    out[:, j:j + len(CONTEXT)] = x[:, _CTR_N_RAW:]
-    out[:, j + CONTEXT.index("topic")] = topic
-    out[:, j + len(CONTEXT):] = nan[:, [0, 2 * _T + 2, 2 * _T + 4]]  # user, ad, pub missing
+    idx = np.minimum(np.maximum(topic, 0), _T - 1)
+    ut = z[np.arange(n)[:, None], idx[:, None] + _TOPIC_COLS]     # (N, 2) topic imps, clicks
+    z = np.concatenate((z, np.where(in_range[:, None], ut, 0.0)), axis=1)   # (N, R + 2)
+    imps, clicks = z[:, _IMPS], z[:, _CLICKS]                      # (N, T + 4) each
+    smooth = _smooth(clicks, imps)
+    share = z[:, _R_UT:_R_UT + 1] / np.maximum(z[:, :1], 1.0)      # (N, 1) topic share
+    parts = np.concatenate((imps, clicks, smooth, share, x[:, _CTR_N_RAW:], nan[:, _MISSING]),
+                           axis=1)
+    out = parts[:, _CTR_LAYOUT].astype(np.float32)
+    out[:, _OUT_TOPIC] = topic
     return out                                                     # (N, F)
 
 
