@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     bentoml_url: str = "http://127.0.0.1:3000"
     remote_timeout_ms: float = 30.0   # a remote model backend's budget inside tmax
     api_keys: list[str] = Field(default_factory=list, description="bidder API keys; empty = open")
+    # The decision service's notice routes as exchanges reach them (nurl/burl/lurl base),
+    # e.g. https://bidder.example/notice; None: http://HOST:PORT/notice of `serve`.
+    notice_base_url: str | None = None
     # Vector search: a Milvus server URI (http://host:19530) or a Milvus Lite .db path;
     # None = Milvus Lite at <workspace>/milvus/audience.db.
     milvus_uri: str | None = None

@@ -229,9 +229,15 @@ def serve(port: Annotated[int, typer.Option(help="TCP port")] = 8080,
                    "at start); report it with `adplatform report ab --experiment NAME`")] = None,
           share: Annotated[float, typer.Option(
               help="with --experiment: share of users (or requests) on the challenger")] = 0.5,
+          notice_base_url: Annotated[str | None, typer.Option(
+              help="notice routes as exchanges reach them (nurl/burl/lurl base, e.g. "
+                   "https://bidder.example/notice); default ADPLATFORM_NOTICE_BASE_URL, "
+                   "else http://HOST:PORT/notice")] = None,
           ) -> None:
     """Run the decision service (OpenRTB bidder) over HTTP."""
     settings = get_settings()
+    if notice_base_url:
+        settings = settings.model_copy(update={"notice_base_url": notice_base_url})
     if experiment is None:
         from mlops.serve import run_server
 

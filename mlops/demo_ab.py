@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.progress import Progress
 
-    from decisioning.engine import DecisionEngine
     from decisioning.experiments import Experiment
+    from decisioning.service import DecisionService
     from mlops.demo import LiveStats
     from mlops.reports.ab import ABReport, ExperimentSpec
     from simulator import LiveExchange
@@ -82,49 +82,40 @@ def write_spec(settings: Settings, spec: ExperimentSpec) -> Path:
     return path
 
 
-def build_experiment_engine(settings: Settings, *, name: str = EXPERIMENT,
-                            share: float = 0.5) -> DecisionEngine:
-    """The decision engine of ``adplatform serve`` with ``ctr@challenger`` on ``share``."""
-    from decisioning.campaigns import FileCampaignStore
-    from decisioning.decision_log import ParquetDecisionSink
-    from decisioning.engine import DecisionEngine, EngineConfig
-    from features.reader import OnlineReader
-    from features.store import open_store
+def build_experiment_service(settings: Settings, *, name: str = EXPERIMENT,
+                             share: float = 0.5,
+                             notice_base_url: str | None = None) -> DecisionService:
+    """The decision service of ``adplatform serve`` with ``ctr@challenger`` on ``share``
+    (both arms price alike, with the champion's shading model)."""
     from mlops.registry_sidecar import RegistrySidecar
-    from mlops.serve import build_pricer, fraud_threshold, onnx_backend
+    from mlops.serve import build_decision_service, onnx_backend
 
     if settings.backend != "onnx":
         raise ConfigError(f"the demo experiment serves in-process ONNX, not {settings.backend!r}")
-    ws = settings.workspace.ensure()
     with RegistrySidecar(settings) as registry:
-        config = EngineConfig(seed=settings.seed, fraud_threshold=fraud_threshold(
-            settings, registry=registry) or 0.5)
         champion = onnx_backend(registry)
         challenger = onnx_backend(registry, {"ctr": TREATMENT})
-    return DecisionEngine(
-        featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
-        models=champion,
-        backends={TREATMENT: challenger},
-        experiment=build_experiment(name, share),
-        campaigns=FileCampaignStore(ws.world / "campaigns.json"),
-        sink=ParquetDecisionSink(ws.decisions),
-        config=config,
-        pricer=build_pricer(champion, config),     # both arms price alike
-    )
+        return build_decision_service(settings, registry=registry, models=champion,
+                                      backends={TREATMENT: challenger},
+                                      experiment=build_experiment(name, share),
+                                      notice_base_url=notice_base_url)
 
 
 def serve_experiment(settings: Settings, *, host: str, port: int, name: str = EXPERIMENT,
                      share: float = 0.5) -> None:
-    """Run the experiment's decision service until SIGTERM (which flushes its log)."""
+    """Run the experiment's decision service until SIGTERM (which flushes its logs)."""
     from mlops.serve import keep_torch_out
 
     keep_torch_out()
 
     from decisioning.app import create_app
     from decisioning.server import serve
+    from mlops.serve import notice_url
 
-    engine = build_experiment_engine(settings, name=name, share=share)
-    serve(create_app(engine, api_keys=settings.api_keys), host=host, port=port)
+    svc = build_experiment_service(settings, name=name, share=share,
+                                   notice_base_url=notice_url(settings, host, port))
+    serve(create_app(svc.engine, notices=svc.notices, api_keys=settings.api_keys), host=host,
+          port=port)
 
 
 def service_argv(port: int, name: str = EXPERIMENT, share: float = 0.5) -> list[str]:
@@ -207,6 +198,6 @@ def run_ab(settings: Settings, live: LiveExchange, *, auctions: int, port: int,
 
 
 __all__ = ["CONTROL", "EXPERIMENT", "TREATMENT", "ABRun",
-           "build_experiment", "build_experiment_engine", "challenger_config",
+           "build_experiment", "build_experiment_service", "challenger_config",
            "experiment_spec", "main", "run_ab", "serve_experiment", "service_argv",
            "write_spec"]

@@ -11,14 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adplatform.config import Settings
 from decisioning.app import create_app
-from decisioning.campaigns import FileCampaignStore
-from decisioning.decision_log import ParquetDecisionSink
-from decisioning.engine import DecisionEngine, EngineConfig
+from decisioning.engine import EngineConfig
+from decisioning.experiments import Experiment
 from decisioning.pricing import BidPricer, ShadeFactorPricer
+from decisioning.service import DecisionService
 from mlops.errors import ModelNotFound
 from mlops.registry_sidecar import RegistrySidecar
 from serving.base import ModelBackend
@@ -92,24 +93,49 @@ def fraud_threshold(settings: Settings, alias: str = "champion", *,
     return float(tags["threshold"]) if "threshold" in tags else None
 
 
-def build_engine(settings: Settings, *, config: EngineConfig | None = None,
-                 registry: RegistrySidecar | None = None) -> DecisionEngine:
+def build_decision_service(settings: Settings, *, config: EngineConfig | None = None,
+                           registry: RegistrySidecar | None = None,
+                           notice_base_url: str | None = None,
+                           backends: Mapping[str, ModelBackend] | None = None,
+                           experiment: Experiment | None = None,
+                           models: ModelBackend | None = None,
+                           log_root: Path | None = None) -> DecisionService:
+    """The decision service ``adplatform serve`` runs: the engine over the online reader
+    and ``models:/<name>@champion`` (or ``models``), its notice service, and the state
+    stores of ``settings.profile`` (:func:`decisioning.service.build_service`: file
+    campaigns and in-memory budgets embedded; PostgreSQL campaigns, Redis budgets, caps
+    and notice dedupe, and the NATS decision log with the services profile).
+
+    ``notice_base_url`` (the notice routes as exchanges reach this service, e.g.
+    ``https://bidder.example/notice``) puts nurl/burl/lurl on every bid, and spend is then
+    counted from billing notices; without it spend is charged at bid time. ``log_root``:
+    where the decision and notice logs go (default: the workspace's decision log).
+    """
+    from decisioning.service import build_service
     from features.reader import OnlineReader
     from features.store import open_store
 
-    ws = settings.workspace.ensure()
     with _registry(settings, registry) as reg:
         cfg = config or EngineConfig(
             seed=settings.seed, fraud_threshold=fraud_threshold(settings, registry=reg) or 0.5)
-        models = build_backend(settings, registry=reg)
-    return DecisionEngine(
-        featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
-        models=models,
-        campaigns=FileCampaignStore(ws.world / "campaigns.json"),
-        sink=ParquetDecisionSink(ws.decisions),
-        config=cfg,
-        pricer=build_pricer(models, cfg),
-    )
+        served = models if models is not None else build_backend(settings, registry=reg)
+    return build_service(
+        settings, featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
+        models=served, config=cfg, backends=backends, experiment=experiment,
+        pricer=build_pricer(served, cfg), notice_base_url=notice_base_url, log_root=log_root)
+
+
+def notice_url(settings: Settings, host: str, port: int) -> str | None:
+    """Where exchanges send notices: ``settings.notice_base_url``, else this service's own
+    address when it listens on one host (``http://HOST:PORT/notice``); None (notices off)
+    when it listens on every interface, whose public name it cannot know."""
+    if settings.notice_base_url:
+        return settings.notice_base_url
+    if host in ("0.0.0.0", "::", ""):
+        log.warning("no notice URLs on bids: set ADPLATFORM_NOTICE_BASE_URL to the address "
+                    "exchanges reach this service at; spend is charged at bid time")
+        return None
+    return f"http://{host}:{port}/notice"
 
 
 def build_pricer(models: ModelBackend, config: EngineConfig) -> BidPricer:
@@ -162,14 +188,16 @@ def run_server(settings: Settings, *, host: str, port: int,
     # The registry client (mlflow) lives in a child process: this one serves auctions
     # with ONNX Runtime only, and the child stays up for the alias watcher's polls.
     registry = RegistrySidecar(settings)
-    engine = build_engine(settings, registry=registry)
+    svc = build_decision_service(settings, registry=registry,
+                                 notice_base_url=notice_url(settings, host, port))
+    engine = svc.engine
     # Follow models:/<name>@champion: a promotion or rollback is served within one
     # interval, without a restart (in-process ONNX; Triton/Bento follow on their side).
     watcher = (watch_backend(settings, engine.models, interval_s=watch_interval_s,
                              source=registry, fetch=lambda n, v: registry.fetch(n, v).onnx_path)
                if watch_interval_s else None)
     # A remote backend blocks on the network: decide in the thread pool then.
-    app = create_app(engine, api_keys=settings.api_keys,
+    app = create_app(engine, notices=svc.notices, api_keys=settings.api_keys,
                      decide_in_threadpool=settings.backend != "onnx")
     try:
         # Arrival stamps at parse time, long keep-alive, gc.freeze of start-up objects.
@@ -180,5 +208,5 @@ def run_server(settings: Settings, *, host: str, port: int,
         registry.close()
 
 
-__all__ = ["build_backend", "build_engine", "build_pricer", "keep_torch_out", "onnx_backend",
-           "run_server"]
+__all__ = ["build_backend", "build_decision_service", "build_pricer", "keep_torch_out",
+           "notice_url", "onnx_backend", "run_server"]

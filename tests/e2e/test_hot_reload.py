@@ -1,6 +1,6 @@
 """Hot reload end to end: a serving decision service follows promote and rollback under load.
 
-The service is wired like ``adplatform serve`` (``mlops.serve.build_engine`` plus
+The service is wired like ``adplatform serve`` (``mlops.serve.build_decision_service`` plus
 ``serving.watcher.watch_backend``) and runs under uvicorn in a thread of this process,
 on a sandbox copy of the trained workspace's registry. A client thread sends bid
 requests without pause the whole time. ``promote`` moves ``ctr@champion`` to a new
@@ -79,13 +79,15 @@ def service(hot_ws: Settings) -> Iterator[tuple[str, object]]:
     import uvicorn
 
     from decisioning.app import create_app
-    from mlops.serve import build_engine
+    from mlops.serve import build_decision_service
 
-    engine = build_engine(hot_ws)
+    svc = build_decision_service(hot_ws)
+    engine = svc.engine
     watcher = watch_backend(hot_ws, engine.models, interval_s=POLL_S)
     assert watcher is not None
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port,
+    app = create_app(engine, notices=svc.notices)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

@@ -1,9 +1,10 @@
 """Reliability (c): a real serving process, SIGTERM in the middle of an open-loop run.
 
-The trained workspace is served the way ``adplatform serve`` will serve it (the
-wiring proposed for ``mlops/serve.py``: real Feast online reader, the ONNX champion from
-the MLflow registry, ``decisioning.service.build_service`` and
-``decisioning.server.serve``) in its own process. An open-loop client sends 200
+The trained workspace is served the way ``adplatform serve`` serves it
+(``mlops.serve.build_decision_service``: real Feast online reader, the ONNX champion
+from the MLflow registry, the embedded profile's stores, notice URLs on; then
+``decisioning.server.serve``) in its own process, with its logs in a folder of the
+test's own. An open-loop client sends 200
 requests/s for 15 s and calls the billing notice of every bid twice (and the win notice
 once); half way through the process gets SIGTERM. Then:
 
@@ -49,19 +50,14 @@ import sys
 from pathlib import Path
 from adplatform.config import Settings
 from decisioning.app import create_app
-from decisioning.engine import EngineConfig
 from decisioning.server import serve
-from decisioning.service import build_service
-from features.reader import OnlineReader
-from features.store import open_store
-from mlops.serve import build_backend
+from mlops.serve import build_decision_service, keep_torch_out, notice_url
 
+keep_torch_out()
 home, port, log_root = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 settings = Settings(home=home)
-svc = build_service(settings, featurizer=OnlineReader(open_store(settings),
-                                                      shared_data=settings.shared_data),
-                    models=build_backend(settings), config=EngineConfig(seed=settings.seed),
-                    log_root=log_root, notice_base_url=f"http://127.0.0.1:{port}/notice")
+svc = build_decision_service(settings, notice_base_url=notice_url(settings, "127.0.0.1", port),
+                             log_root=log_root)
 serve(create_app(svc.engine, notices=svc.notices), host="127.0.0.1", port=port)
 """
 

@@ -55,13 +55,14 @@ def test_a_silent_sidecar_times_out(trained_workspace: Settings) -> None:
 PROBE = """
 import json, sys
 from adplatform.config import Settings
-from mlops.serve import build_engine, keep_torch_out
+from mlops.serve import build_decision_service, keep_torch_out
 assert "torch" not in sys.modules and "mlflow" not in sys.modules
 keep_torch_out()                     # as run_server does first
-engine = build_engine(Settings.model_validate_json(sys.argv[1]))
+svc = build_decision_service(Settings.model_validate_json(sys.argv[1]))
+engine = svc.engine
 heavy = sorted(m for m in ("mlflow", "torch", "sklearn", "lightgbm") if sys.modules.get(m) is not None)
 json.dump({"versions": engine.models.versions(), "heavy": heavy}, sys.stdout)
-engine.close()
+svc.close()
 """
 
 

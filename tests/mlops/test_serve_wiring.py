@@ -1,0 +1,91 @@
+"""``adplatform serve`` wires the whole decision service: notice routes and notice URLs
+on bids (spend from billing notices), the profile's stores, the decision log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from adplatform.config import Settings
+from decisioning.budget import InMemoryBudgetLedger
+
+pytestmark = pytest.mark.slow
+
+
+def test_notice_url_follows_the_setting_then_the_bind_address(tmp_path: Path) -> None:
+    from mlops.serve import notice_url
+
+    plain = Settings(home=tmp_path)  # type: ignore[call-arg]
+    assert notice_url(plain, "127.0.0.1", 8080) == "http://127.0.0.1:8080/notice"
+    assert notice_url(plain, "0.0.0.0", 8080) is None          # public name unknown
+    assert notice_url(plain, "::", 8080) is None
+    set_ = Settings(home=tmp_path, notice_base_url="https://bidder.example/n")  # type: ignore[call-arg]
+    assert notice_url(set_, "0.0.0.0", 8080) == "https://bidder.example/n"
+
+
+def _fill(url: str, request_id: str, price: str) -> str:
+    for k, v in (("${AUCTION_ID}", request_id), ("${AUCTION_IMP_ID}", "1"),
+                 ("${AUCTION_PRICE}", price), ("${AUCTION_CURRENCY}", "USD")):
+        url = url.replace(k, v)
+    return url
+
+
+def test_run_server_serves_notices_and_counts_spend_from_billing(
+        trained_workspace: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import decisioning.server
+    import mlops.serve
+    from simulator import LiveExchange
+
+    captured: dict[str, Any] = {}
+    logs = tmp_path / "logs"
+    build = mlops.serve.build_decision_service
+
+    def build_here(settings: Settings, **kw: Any) -> Any:
+        captured["service"] = svc = build(settings, **{**kw, "log_root": logs})
+        return svc
+
+    monkeypatch.setattr(mlops.serve, "build_decision_service", build_here)
+    monkeypatch.setattr(decisioning.server, "serve",
+                        lambda app, **kw: captured.update(app=app, **kw))
+    mlops.serve.run_server(trained_workspace, host="127.0.0.1", port=8765,
+                           watch_interval_s=None)
+    app, svc = captured["app"], captured["service"]
+    assert captured["port"] == 8765 and app.state.notices is svc.notices
+    assert svc.engine.config.notice_base_url == "http://127.0.0.1:8765/notice"
+
+    reqs = list(LiveExchange.from_workspace(trained_workspace.workspace, session=5).requests(300))
+    with TestClient(app) as client:                  # the lifespan closes and flushes
+        bids = []
+        for r in reqs:
+            res = client.post("/openrtb/2.6/bid", content=json.dumps(r))
+            assert res.status_code in (200, 204)
+            if res.status_code == 200:
+                bids.append((r["id"], res.json()["seatbid"][0]["bid"][0]))
+        assert bids, "no bid in 300 requests"
+        billed = 0
+        for rid, bid in bids[:20]:
+            assert bid["nurl"].startswith("http://127.0.0.1:8765/notice/")
+            path = _fill(bid["burl"], rid, "1.25").split("8765", 1)[1]
+            assert client.get(path).json()["status"] == "recorded"
+            assert client.get(path).json()["status"] == "duplicate"
+            billed += 1250                          # CPM 1.25 -> 1,250 micro-dollars
+        ledger = svc.notices.ledger
+        assert isinstance(ledger, InMemoryBudgetLedger)
+        assert sum(svc.notices.spend_micros.values()) == billed
+        metrics = client.get("/metrics").text.splitlines()
+        recorded = [float(m.rsplit(" ", 1)[1]) for m in metrics
+                    if m.startswith("adplatform_notices_total{")
+                    and 'kind="billing"' in m and 'result="recorded"' in m]
+        assert recorded == [20.0]
+        spent = [float(m.rsplit(" ", 1)[1]) for m in metrics
+                 if m.startswith("adplatform_budget_spent_micros_total{")]
+        assert sum(spent) == billed
+    from adplatform.eventlog import read_events
+    from decisioning.outcomes import read_notices
+
+    assert len(read_events(logs, "decisions")) == len(reqs)
+    assert (read_notices(logs)["kind"] == "billing").sum() == 20
