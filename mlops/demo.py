@@ -40,6 +40,8 @@ class LiveStats:
     conversions: int = 0
     spend: float = 0.0
     errors: int = 0
+    notices: int = 0              # win/billing/loss notices the exchange sent and we recorded
+    notice_errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -99,9 +101,13 @@ class ServiceProcess:
 def send_auctions(live: LiveExchange, url: str, n: int,
                   progress: Progress | None = None, *, label: str = "live auctions"
                   ) -> LiveStats:
-    """Send n simulated auctions through the running service and resolve their outcomes."""
+    """Send n simulated auctions through the running service, resolve their outcomes and
+    send the service the exchange's win, billing and loss notices (its spend comes from
+    the billing notices)."""
     import httpx
     import orjson
+
+    from simulator import notice_calls
 
     stats = LiveStats()
     task = progress.add_task(label, total=n) if progress else None
@@ -126,6 +132,13 @@ def send_auctions(live: LiveExchange, url: str, n: int,
             stats.clicks += int(out.get("clicks", 0))
             stats.conversions += int(out.get("conversions", 0))
             stats.spend += float(out.get("cost", 0.0))
+            for _, notice in notice_calls(req, response, out):
+                try:
+                    ok = client.get(notice).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                stats.notices += ok
+                stats.notice_errors += not ok
             if progress is not None and task is not None:
                 progress.advance(task)
     return stats
@@ -185,6 +198,8 @@ def _summary(console: Console, s: LiveStats, metrics: dict[str, float], version:
             ("impressions", f"{s.impressions:,}"), ("clicks", f"{s.clicks:,}"),
             ("conversions", f"{s.conversions:,}"), ("spend (USD)", f"{s.spend:,.2f}"),
             ("CTR", f"{s.ctr:.3%}"), ("errors", f"{s.errors}"),
+            ("notices recorded (win, billing, loss)",
+             f"{s.notices:,}" + (f" ({s.notice_errors} failed)" if s.notice_errors else "")),
             ("decision latency p50 (ms, HTTP round trip)", f"{s.percentile(50):.2f}"),
             ("decision latency p99 (ms, HTTP round trip)", f"{s.percentile(99):.2f}"),
             ("ctr model", f"version {version}: AUC {metrics['auc']:.4f}, "

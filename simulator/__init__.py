@@ -20,7 +20,7 @@ from simulator.campaigns import TOPIC_IAB, TOPICS, Campaign, Creative, Targeting
 from simulator.datacenters import CRAWLER_CIDRS, DATACENTER_CIDRS, in_ranges, is_datacenter_ip
 from simulator.errors import InvalidBid, SimulationError
 from simulator.exchange import AuctionResult, first_price_auction
-from simulator.live import LiveExchange
+from simulator.live import LiveExchange, notice_calls
 from simulator.openrtb import bid_request, parse_bid
 from simulator.policy import BootstrapPolicy
 from simulator.population import KIND_NAMES
@@ -32,5 +32,5 @@ __all__ = [
     "Campaign", "Creative", "DayEvents", "InvalidBid", "LiveExchange", "SimulationError",
     "SimulatedRun", "SimulationSummary", "Targeting", "World", "WorldConfig", "bid_request",
     "build_world", "decisions_frame", "first_price_auction", "in_ranges", "is_datacenter_ip",
-    "iter_days", "parse_bid", "read_run", "simulate",
+    "iter_days", "notice_calls", "parse_bid", "read_run", "simulate",
 ]

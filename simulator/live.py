@@ -228,4 +228,50 @@ def _next_part(workspace: Workspace) -> int:
     return top + 1
 
 
-__all__ = ["LIVE_STREAM", "LiveExchange"]
+# OpenRTB 2.x loss reason codes an exchange reports in ${AUCTION_LOSS}.
+LOSS_INVALID_BID = 3
+LOSS_BELOW_FLOOR = 100
+LOSS_OUTBID = 102
+
+
+def notice_calls(request: Mapping[str, Any], response: Mapping[str, Any] | None,
+                 outcome: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The notices an exchange sends for a resolved auction (``outcome`` from
+    :meth:`LiveExchange.resolve`), as ``(kind, url)`` with the OpenRTB auction macros
+    substituted: for a won bid its ``nurl`` then ``burl`` (``${AUCTION_PRICE}``: the
+    clearing price, CPM), for a lost one its ``lurl`` (``${AUCTION_LOSS}``: 3 rejected,
+    100 below the floor, 102 outbid; ``${AUCTION_MIN_TO_WIN}`` where the exchange reports
+    it, else empty). URLs the bid does not carry are not called."""
+    bids = [b for sb in (response or {}).get("seatbid") or [] for b in sb.get("bid") or []]
+    if not bids:
+        return []
+    bid = bids[0]
+    imp: Mapping[str, Any] = next(
+        (i for i in request.get("imp", []) if i.get("id") == bid.get("impid")), {})
+    cur = str((response or {}).get("cur") or "USD")
+    if outcome.get("won"):
+        price = f"{float(outcome['paid_price']):.6f}"
+        loss, calls = "0", [("win", bid.get("nurl")), ("billing", bid.get("burl"))]
+    else:
+        price = ""
+        floor = float(imp.get("bidfloor") or 0.0)
+        code = (LOSS_INVALID_BID if outcome.get("rejected")
+                else LOSS_BELOW_FLOOR if float(bid.get("price", 0.0)) < floor else LOSS_OUTBID)
+        loss, calls = str(code), [("loss", bid.get("lurl"))]
+    mtw = outcome.get("min_bid_to_win")
+    values = {"${AUCTION_ID}": str(request.get("id", "")), "${AUCTION_IMP_ID}": str(
+        bid.get("impid", "")), "${AUCTION_PRICE}": price, "${AUCTION_CURRENCY}": cur,
+        "${AUCTION_LOSS}": loss, "${AUCTION_MIN_TO_WIN}": "" if mtw is None else f"{mtw:.6f}",
+        "${AUCTION_BID_ID}": str(bid.get("id", "")), "${AUCTION_SEAT_ID}": "",
+        "${AUCTION_AD_ID}": str(bid.get("adid", ""))}
+    out = []
+    for kind, url in calls:
+        if url:
+            for macro, value in values.items():
+                url = url.replace(macro, value)
+            out.append((kind, url))
+    return out
+
+
+__all__ = ["LIVE_STREAM", "LOSS_BELOW_FLOOR", "LOSS_INVALID_BID", "LOSS_OUTBID", "LiveExchange",
+           "notice_calls"]

@@ -49,6 +49,9 @@ def test_live_auctions_flow_into_the_logs(trained_workspace: Settings,
     written = live.flush(ws)
     assert stats.errors == 0 and stats.requests == 300
     assert stats.bids > 0 and stats.wins > 0 and stats.impressions == stats.wins
+    # the exchange's notices reached the service: win + billing per win, loss per loss
+    assert stats.notice_errors == 0
+    assert stats.notices == 2 * stats.wins + (stats.bids - stats.wins)
     assert written["requests"] == 300
     assert written["auctions"] == stats.bids
     ids = set(read_events(ws.events, "requests")["request_id"])

@@ -176,3 +176,40 @@ def test_requests_parse_with_the_decision_service(live_ws: Workspace) -> None:
         assert (facts.user_id, facts.domain, facts.is_app) == \
             (row["user_id"], row["domain"], bool(row["is_app"]))
         assert (facts.country, facts.region, facts.os) == (row["country"], row["region"], row["os"])
+
+
+def test_the_exchange_sends_notices_with_its_macros_filled(live_ws: Workspace) -> None:
+    from simulator import notice_calls
+
+    ex = LiveExchange.from_workspace(live_ws)
+    r_win, r_lose, r_none = list(ex.requests(3))
+    base = "http://bidder/notice"
+    q = "?id=${AUCTION_ID}&imp=${AUCTION_IMP_ID}"
+
+    def with_urls(resp: dict[str, Any]) -> dict[str, Any]:
+        bid = resp["seatbid"][0]["bid"][0]
+        bid.update(nurl=f"{base}/win{q}&price=${{AUCTION_PRICE}}&cur=${{AUCTION_CURRENCY}}",
+                   burl=f"{base}/bill{q}&price=${{AUCTION_PRICE}}",
+                   lurl=f"{base}/loss{q}&loss=${{AUCTION_LOSS}}&mtw=${{AUCTION_MIN_TO_WIN}}")
+        return resp
+
+    cid, crid = _creative_for(live_ws, r_win)
+    win = with_urls(_response(r_win, cid, crid, 500.0))
+    out = ex.resolve(r_win, win)
+    imp = r_win["imp"][0]["id"]
+    assert notice_calls(r_win, win, out) == [
+        ("win", f"{base}/win?id={r_win['id']}&imp={imp}&price=500.000000&cur=USD"),
+        ("billing", f"{base}/bill?id={r_win['id']}&imp={imp}&price=500.000000")]
+
+    cid, crid = _creative_for(live_ws, r_lose)
+    lose = with_urls(_response(r_lose, cid, crid, 0.0))
+    out = ex.resolve(r_lose, lose)
+    [(kind, url)] = notice_calls(r_lose, lose, out)
+    floor = float(r_lose["imp"][0].get("bidfloor") or 0.0)
+    code = 3 if out["rejected"] else 100 if floor > 0 else 102
+    mtw = "" if out["min_bid_to_win"] is None else f"{out['min_bid_to_win']:.6f}"
+    assert kind == "loss" and url.endswith(f"&loss={code}&mtw={mtw}") and "${" not in url
+
+    assert notice_calls(r_none, None, ex.resolve(r_none, None)) == []
+    bare = _response(r_lose, cid, crid, 0.0)                  # a bid without notice URLs
+    assert notice_calls(r_lose, bare, {"won": False}) == []
