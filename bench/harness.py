@@ -44,7 +44,9 @@ def load_row(suite: str, target: str, baseline: str, res: LoadResult,
                throughput=res.achieved_rps, errors=res.errors,
                extra={"sent": res.sent, "statuses": str(res.statuses),
                       "send_lag_p50_ms": round(res.send_lag(50), 3),
-                      "send_lag_p99_ms": round(res.send_lag(99), 3), **extra})
+                      "send_lag_p99_ms": round(res.send_lag(99), 3),
+                      "conns_warm": res.warm_conns, "conns_opened": res.conns_opened,
+                      **extra})
 
 
 def with_ratios(target: Row, baseline: Row) -> Row:

@@ -16,6 +16,11 @@ for sub-millisecond latencies to mean anything:
   charged to the server as latency.
 * How late each request actually left is recorded (:attr:`LoadResult.send_lag_ms`), so
   the generator's own accuracy is part of every result.
+* ``warm_conns`` keep-alive connections are opened before the schedule starts, as an
+  exchange holds a pool of them open to its bidders; more are opened when all are
+  busy (:attr:`LoadResult.conns_opened` counts those). Opening them on demand put TCP
+  set-up and the server's new-connection work on the first requests of every run (a
+  burst of slow answers in the first 10-50 ms of each 15 s run at 1,000/s).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class LoadResult:
     # (already inside its latency; a large value means the generator, not the server,
     # could not keep up).
     send_lag_ms: list[float] = field(default_factory=list)
+    warm_conns: int = 0                      # opened before the schedule started
+    conns_opened: int = 0                    # opened during the run (all busy, or retries)
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -54,6 +61,11 @@ class LoadResult:
         return len(self.latencies_ms) / self.duration_s if self.duration_s else 0.0
 
 
+# Connections opened before a run: more than an open-loop run at up to a few thousand
+# requests/s has in flight at once on a keeping-up server (each answer takes ~1 ms).
+WARM_CONNS = 8
+
+
 class _Conn:
     __slots__ = ("sock", "buf", "index", "due", "reused", "retried")
 
@@ -62,7 +74,7 @@ class _Conn:
         self.buf = b""
         self.index = 0          # the request in flight on this connection
         self.due = 0.0
-        self.reused = False     # sent on a connection that had answered before
+        self.reused = False     # sent on a connection that sat idle in the pool before
         self.retried = False
 
 
@@ -89,7 +101,8 @@ def parse_response(buf: bytes) -> tuple[int, int, bool] | None:
 
 
 def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float,
-         duration_s: float, headers: dict[str, str], max_conns: int) -> LoadResult:
+         duration_s: float, headers: dict[str, str], max_conns: int,
+         warm_conns: int = 0) -> LoadResult:
     """One open-loop run, with the cyclic garbage collector off: the generator must not
     pause. With it on, full collections took 30-45 ms each (three or four in 15 s at
     1,000/s, timed with a ``gc.callbacks`` hook in the generator while profiling), and
@@ -100,14 +113,16 @@ def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float,
     gc.freeze()
     gc.disable()
     try:
-        return _open_loop(host, port, path, bodies, rate, duration_s, headers, max_conns)
+        return _open_loop(host, port, path, bodies, rate, duration_s, headers, max_conns,
+                          warm_conns)
     finally:
         gc.enable()
         gc.unfreeze()
 
 
 def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float,
-               duration_s: float, headers: dict[str, str], max_conns: int) -> LoadResult:
+               duration_s: float, headers: dict[str, str], max_conns: int,
+               warm_conns: int) -> LoadResult:
     result = LoadResult(rate=rate, duration_s=duration_s)
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     raws = [(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -117,6 +132,23 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
     busy: dict[socket.socket, _Conn] = {}
     open_conns = 0
 
+    def connect() -> _Conn:
+        nonlocal open_conns
+        sock = socket.create_connection((host, port), timeout=5.0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        open_conns += 1
+        return _Conn(sock)
+
+    for _ in range(min(warm_conns, max_conns)):
+        try:
+            conn = connect()
+        except OSError:
+            break                             # refused: dispatch counts the failures
+        conn.reused = True                    # an idle pooled connection, like any other
+        idle.append(conn)
+    result.warm_conns = len(idle)
+
     def dispatch(index: int, due: float, retried: bool) -> None:
         nonlocal open_conns
         conn = idle.pop() if idle and not retried else None   # a retry: a fresh one
@@ -125,14 +157,11 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
                 result.errors += 1            # counted as a failure: the pool is exhausted
                 return
             try:
-                sock = socket.create_connection((host, port), timeout=5.0)
+                conn = connect()
             except OSError:
                 result.errors += 1
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setblocking(False)
-            open_conns += 1
-            conn = _Conn(sock)
+            result.conns_opened += 1
         else:
             conn.reused = True
         conn.index, conn.due, conn.retried, conn.buf = index, due, retried, b""
@@ -226,11 +255,12 @@ def _worker(q: mp.Queue, args: tuple) -> None:  # type: ignore[type-arg]
 
 def run_load(host: str, port: int, path: str, bodies: list[bytes], *, rate: float,
              duration_s: float, headers: dict[str, str] | None = None,
-             max_conns: int = 256) -> LoadResult:
-    """Run one open-loop load in a separate process and return its measurements."""
+             max_conns: int = 256, warm_conns: int = WARM_CONNS) -> LoadResult:
+    """Run one open-loop load in a separate process and return its measurements
+    (``warm_conns`` connections opened before the schedule starts)."""
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    args = (host, port, path, bodies, rate, duration_s, headers or {}, max_conns)
+    args = (host, port, path, bodies, rate, duration_s, headers or {}, max_conns, warm_conns)
     p = ctx.Process(target=_worker, args=(q, args), daemon=True)
     p.start()
     res: LoadResult = q.get(timeout=duration_s + 90)
@@ -252,4 +282,4 @@ def wait_until_healthy(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s}s")
 
 
-__all__ = ["LoadResult", "parse_response", "run_load", "wait_until_healthy"]
+__all__ = ["WARM_CONNS", "LoadResult", "parse_response", "run_load", "wait_until_healthy"]

@@ -73,6 +73,12 @@ class _Server(socketserver.ThreadingTCPServer):
         self.status, self.drop_after_reply = status, drop_after_reply
         self.close_header = close_header
         self.requests = 0
+        self.accepted = 0
+
+    def process_request(self, request: socket.socket | tuple[bytes, socket.socket],
+                        client_address: object) -> None:
+        self.accepted += 1
+        super().process_request(request, client_address)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -88,9 +94,20 @@ def server(status: int = 200, *, drop_after_reply: bool = False,
         srv.server_close()
 
 
-def _load(port: int, rate: float = 200.0, duration_s: float = 0.25):  # type: ignore[no-untyped-def]
+def _load(port: int, rate: float = 200.0, duration_s: float = 0.25,  # type: ignore[no-untyped-def]
+          warm: int = 0):
     return _run("127.0.0.1", port, "/bid", [b'{"id":"1"}', b'{"id":"2"}'], rate, duration_s,
-                {"x-api-key": "k"}, 8)
+                {"x-api-key": "k"}, 8, warm)
+
+
+def test_a_warm_pool_is_opened_before_the_schedule_and_used() -> None:
+    with server() as srv:
+        res = _load(srv.server_address[1], warm=4)
+    assert res.warm_conns == 4 and res.conns_opened == 0      # 200/s: one at a time
+    assert srv.accepted == 4 and srv.requests == 50 and res.errors == 0
+    with server() as srv:
+        res = _load(srv.server_address[1], warm=0)
+    assert res.warm_conns == 0 and res.conns_opened == srv.accepted >= 1
 
 
 def test_every_scheduled_request_is_answered_and_timed() -> None:
