@@ -25,8 +25,9 @@ Under :func:`decisioning.server.serve` the same handler answers them one layer l
 inside the HTTP protocol (``_BidHandler.complete``), with no ASGI messages at all.
 By default ``decide`` runs on the event-loop thread: with the in-process ONNX backend,
 the online reader and an in-memory ledger it is CPU-only (``python -m bench decision``,
-engine alone on 20,000 distinct requests, three runs on 2026-12-06 on a 2-core machine:
-p50 0.53-0.75 ms, p99 1.08-1.27 ms). When the featurizer, backend or ledger talk to
+engine alone on 20,000 distinct requests, three runs on 2026-12-06 on a 2-core machine
+after the reader's memory-mapped SQLite connection and the log's writer process:
+p50 0.40-0.42 ms, p99 0.67-0.79 ms). When the featurizer, backend or ledger talk to
 the network (Redis, Triton, BentoML), pass ``decide_in_threadpool=True`` so one slow
 call does not stall every other request (notices then run in the pool too).
 The lifespan closes the engine and the notice service (flushing their logs) on shutdown.
