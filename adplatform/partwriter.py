@@ -135,6 +135,12 @@ def _child_ready() -> int:
     return os.getpid()
 
 
+def _raised_by_writer(exc: BaseException) -> bool:
+    """True for an error the write itself raised in the child (a full disk, a bad path),
+    which a future re-raises with the child's traceback attached as its cause."""
+    return type(exc.__cause__).__name__ == "_RemoteTraceback"
+
+
 class PartWriterProcess:
     """Writes encoded parts in one spawned child process (see the module docstring).
     Thread-safe: writes are serialised."""
@@ -148,8 +154,13 @@ class PartWriterProcess:
         if self._closed:
             raise PartWriterError("the part writer is closed")
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                             initializer=_child_init, initargs=(os.getpid(),))
+            try:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=mp.get_context("spawn"), initializer=_child_init,
+                    initargs=(os.getpid(),))
+            except (OSError, ImportError, NotImplementedError) as exc:  # e.g. no sem_open
+                raise PartWriterError(f"the part writer process could not start: {exc}"
+                                      ) from exc
         return self._pool
 
     def start(self) -> int:
@@ -171,11 +182,20 @@ class PartWriterProcess:
         pool = self._executor()
         try:
             return pool.submit(fn, *args).result()
-        except BrokenProcessPool as exc:
-            self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BrokenProcessPool as exc:        # it died now, or while idle since the last
+            self._discard(pool)
             raise PartWriterError(f"the part writer process died ({exc}); a new one "
                                   "starts with the next write") from exc
+        except (OSError, RuntimeError, NotImplementedError) as exc:
+            if not _raised_by_writer(exc):
+                self._discard(pool)             # spawning failed: no process, no pipe
+                raise PartWriterError(f"the part writer process could not start: {exc}"
+                                      ) from exc
+            raise
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         """Stop the child after the write in progress. Idempotent."""

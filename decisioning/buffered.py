@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from adplatform.errors import PartWriterError
 from adplatform.partwriter import DEFAULT_WRITER, PartWriterProcess, write_with
 from decisioning.errors import DecisionError
 
@@ -145,9 +146,12 @@ class EncodedPartWriter(BufferedParquetWriter[T]):
     (``"module:function(root, table, blob, part)"``, :mod:`adplatform.partwriter`):
     in a child process with ``writer="process"`` (the default; started by the first
     flush), so that building the table never holds this process's GIL, or in the
-    writer thread with ``"thread"``."""
+    writer thread with ``"thread"``. A flush whose child died or could not start fails
+    (its rows are kept); after ``PROCESS_FAILURES`` such flushes in a row the sink logs
+    an error and writes in its own thread from then on, rather than never again."""
 
     encoded_writer = DEFAULT_WRITER
+    PROCESS_FAILURES = 3
 
     def __init__(self, root: Path, *, flush_every: int = 5000,
                  flush_interval_s: float | None = 5.0,
@@ -155,6 +159,7 @@ class EncodedPartWriter(BufferedParquetWriter[T]):
         if writer not in ("process", "thread"):
             raise ValueError(f"writer must be 'process' or 'thread', got {writer!r}")
         self._process = PartWriterProcess() if writer == "process" else None
+        self._process_failures = 0
         super().__init__(root, flush_every=flush_every, flush_interval_s=flush_interval_s)
 
     def _encode_row(self, row: T) -> bytes:
@@ -166,10 +171,22 @@ class EncodedPartWriter(BufferedParquetWriter[T]):
 
     def _write(self, rows: list[bytes], part: int) -> list[Path]:
         blob = b",".join(rows)
-        if self._process is None:
+        process = self._process
+        if process is None:
             return write_with(self.encoded_writer, self.root, self.table, blob, part)
-        return self._process.write(self.root, self.table, blob, part,
-                                   writer=self.encoded_writer)
+        try:
+            files = process.write(self.root, self.table, blob, part, writer=self.encoded_writer)
+        except PartWriterError:
+            self._process_failures += 1
+            if self._process_failures >= self.PROCESS_FAILURES:
+                logger.error("the %s log's writer process failed %d flushes in a row; "
+                             "writing in this process from now on", self.what,
+                             self._process_failures)
+                self._process = None
+                process.close()
+            raise
+        self._process_failures = 0
+        return files
 
     def close(self) -> None:
         """Flush what is left, then stop the writer process. Idempotent."""

@@ -162,3 +162,38 @@ def _alive(pid: int) -> bool:
     # A zombie is gone for our purpose (its parent was killed; init reaps it).
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_a_child_that_cannot_start_is_a_part_writer_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import adplatform.partwriter as pw
+
+    def no_semaphores(*a: Any, **kw: Any) -> Any:
+        raise OSError("This platform lacks a functioning sem_open implementation")
+
+    monkeypatch.setattr(pw, "ProcessPoolExecutor", no_semaphores)
+    writer = PartWriterProcess()
+    with pytest.raises(PartWriterError, match="could not start"):
+        writer.write(tmp_path, "decisions", _blob([_rec(1)]), 0)
+    writer.close()
+
+
+def test_a_sink_writes_in_its_own_thread_after_repeated_child_failures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = ParquetDecisionSink(tmp_path, flush_interval_s=None)
+    assert sink._process is not None
+    calls: list[int] = []
+
+    def broken(*a: Any, **kw: Any) -> list[Path]:
+        calls.append(1)
+        raise PartWriterError("the part writer process died")
+
+    monkeypatch.setattr(sink._process, "write", broken)
+    sink.extend([_rec(1), _rec(2)])
+    for _ in range(ParquetDecisionSink.PROCESS_FAILURES):
+        with pytest.raises(PartWriterError):
+            sink.flush()
+    assert len(calls) == ParquetDecisionSink.PROCESS_FAILURES and sink.pending == 2
+    assert sink._process is None                       # given up on the child
+    sink.close()                                       # written in the writer thread
+    assert list(read_events(tmp_path, "decisions")["request_id"]) == ["r1", "r2"]
