@@ -41,11 +41,13 @@ TRAIN_FULL_HOME     ?= $(ADPLATFORM_HOME)/train-full
 TRAIN_FULL_DAYS     ?= 14
 TRAIN_FULL_REQUESTS ?= 150000
 TRAIN_FULL_FLAGS    ?=
+TRAIN_FULL_USERS    ?=   # people in the world; empty: WorldConfig's 50,000
 
 train-full: setup  ## 14-day world -> train all --size full -> report JSON -> threshold table
 	rm -rf $(TRAIN_FULL_HOME)
 	ADPLATFORM_HOME=$(TRAIN_FULL_HOME) $(BIN)/adplatform simulate --days $(TRAIN_FULL_DAYS) \
-		--requests-per-day $(TRAIN_FULL_REQUESTS) --seed 7
+		--requests-per-day $(TRAIN_FULL_REQUESTS) --seed 7 \
+		$(if $(strip $(TRAIN_FULL_USERS)),--users $(TRAIN_FULL_USERS))
 	ADPLATFORM_HOME=$(TRAIN_FULL_HOME) $(BIN)/adplatform features materialize --offline-only
 	ADPLATFORM_HOME=$(TRAIN_FULL_HOME) $(BIN)/adplatform train all --size full \
 		--report $(TRAIN_FULL_HOME)/train-full-report.json $(TRAIN_FULL_FLAGS)

@@ -38,9 +38,13 @@ def register(app: typer.Typer) -> None:
                         ] = None,
         requests_per_day: Annotated[int, typer.Option(min=1, help="bid requests per day")
                                     ] = DEFAULT_REQUESTS_PER_DAY,
+        users: Annotated[int | None, typer.Option(
+            min=1, help="people in the world (default: WorldConfig.n_users, 50,000); fewer "
+                        "means more history per person")] = None,
     ) -> None:
         """Simulate days of traffic under the bootstrap policy into the workspace event log."""
         from adplatform.config import get_settings
+        from simulator.world import WorldConfig
 
         settings = get_settings()
         workspace = settings.workspace.ensure()
@@ -48,8 +52,10 @@ def register(app: typer.Typer) -> None:
         with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("days"), TimeElapsedColumn(), console=console) as bar:
             task = bar.add_task("simulate", total=days)
+            config = WorldConfig() if users is None else WorldConfig(n_users=users)
             summary = simulate(days=days, seed=settings.seed if seed is None else seed,
                                workspace=workspace, requests_per_day=requests_per_day,
+                               config=config,
                                progress=lambda done, _total: bar.update(task, completed=done))
         console.print(summary_table(summary))
         console.print(f"events in {workspace.events}, truth in {workspace.truth}, "

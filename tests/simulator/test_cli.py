@@ -11,7 +11,7 @@ from adplatform.eventlog import read_events
 from simulator.cli import register
 
 
-def test_simulate_command(home: Path) -> None:
+def _app() -> typer.Typer:
     app = typer.Typer()
 
     @app.callback()
@@ -19,6 +19,11 @@ def test_simulate_command(home: Path) -> None:
         """Test root (keeps `simulate` a subcommand)."""
 
     register(app)
+    return app
+
+
+def test_simulate_command(home: Path) -> None:
+    app = _app()
     result = CliRunner().invoke(app, ["simulate", "--days", "1", "--seed", "3",
                                       "--requests-per-day", "2000"])
     assert result.exit_code == 0, result.output
@@ -29,3 +34,12 @@ def test_simulate_command(home: Path) -> None:
     assert (home / "world" / "campaigns.json").exists()
     bad = CliRunner().invoke(app, ["simulate", "--days", "0"])
     assert bad.exit_code != 0
+
+
+def test_simulate_with_fewer_users(home: Path) -> None:
+    import json
+
+    result = CliRunner().invoke(_app(), ["simulate", "--days", "1", "--seed", "3",
+                                      "--requests-per-day", "2000", "--users", "300"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((home / "world" / "world.json").read_text())["config"]["n_users"] == 300
