@@ -2,25 +2,23 @@
 
 A serving process that writes its own log parts pays for them on the request path,
 even from a background thread: turning a few thousand Python rows into an Arrow table
-holds the GIL for milliseconds, and every request that arrives meanwhile waits. (The
-decision service at 1,000 requests/s flushed 5,000 decisions every 5 s; each flush
-held the GIL for 7-10 ms and left a 30-45 ms burst of slow answers behind it, which
-alone pushed the p99 from about 2.8 ms to 3.8-13 ms.)
+holds the GIL for milliseconds, and every request that arrives meanwhile waits (the
+decision service flushes 5,000 decisions at a time).
 
 So rows travel as bytes instead: the caller encodes each row once when it is logged
 (:func:`encode_row`, a JSON array of the table's columns in schema order, timestamps as
-integer microseconds since the epoch, about a microsecond), and a flush joins them and
-hands one ``bytes`` object to a child process, which decodes them
-(:func:`rows_table`), builds the table and writes the part with
-:func:`adplatform.eventlog.write_events`. The parent's writer thread only waits on a
+integer microseconds since the epoch), and a flush joins them and hands one ``bytes``
+object to a child process, which decodes them (:func:`rows_table`), builds the table
+and writes the part with :func:`adplatform.eventlog.write_events`. The parent's writer thread only waits on a
 pipe, without the GIL.
 
 The child is spawned (not forked: the parent runs threads and native thread pools) on
 first use, runs at a lower CPU priority, ignores SIGINT and SIGTERM (the parent decides
 when logging ends: its shutdown flushes through the child, then stops it) and exits
-within half a second of the parent's death, after finishing a write in progress. If it dies, the write
-fails with :class:`PartWriterError` (the caller keeps its rows) and the next write
-starts a new child. :func:`write_encoded` does the same work in the calling thread.
+within half a second of the parent's death, after finishing a write in progress. If
+it dies, the write fails with :class:`PartWriterError` (the caller keeps its rows) and
+the next write starts a new child. :func:`write_encoded` does the same work in the
+calling thread.
 """
 
 from __future__ import annotations
@@ -206,5 +204,5 @@ class PartWriterProcess:
             pool.shutdown(wait=True)
 
 
-__all__ = ["CHILD_NICE", "DEFAULT_WRITER", "PartWriterError", "PartWriterProcess", "encode_row", "rows_table",
-           "timestamp_us", "write_encoded", "write_with"]
+__all__ = ["CHILD_NICE", "DEFAULT_WRITER", "PartWriterError", "PartWriterProcess", "encode_row",
+           "rows_table", "timestamp_us", "write_encoded", "write_with"]

@@ -19,8 +19,7 @@ for sub-millisecond latencies to mean anything:
 * ``warm_conns`` keep-alive connections are opened before the schedule starts, as an
   exchange holds a pool of them open to its bidders; more are opened when all are
   busy (:attr:`LoadResult.conns_opened` counts those). Opening them on demand put TCP
-  set-up and the server's new-connection work on the first requests of every run (a
-  burst of slow answers in the first 10-50 ms of each 15 s run at 1,000/s).
+  set-up and the server's new-connection work on the first requests of every run.
 """
 
 from __future__ import annotations

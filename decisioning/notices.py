@@ -291,12 +291,8 @@ def write_encoded_notices(root: Path, table: str, blob: bytes, part: int) -> lis
     return _write_table(root, rows_table(NOTICE_SCHEMA, blob), part)
 
 
-def write_notices(root: Path, rows: Sequence[NoticeRecord], *, part: int = 0) -> list[Path]:
-    """``<root>/notices/date=YYYY-MM-DD/part-NNNNN.parquet``, sorted, one file per day."""
-    return _write_table(root, notices_table(rows), part)
-
-
 def _write_table(root: Path, tbl: pa.Table, part: int) -> list[Path]:
+    """``<root>/notices/date=YYYY-MM-DD/part-NNNNN.parquet``, sorted, one file per day."""
     if tbl.num_rows == 0:
         return []
     tbl = tbl.sort_by([("ts", "ascending"), ("request_id", "ascending"),
@@ -425,5 +421,5 @@ __all__ = [
     "InvalidNotice", "MemoryNoticeSink", "Notice", "NoticeDedupe", "NoticeRecord",
     "NoticeResult", "NoticeService", "NoticeSink", "NoticeStoreUnavailable", "NoticeUrls",
     "ParquetNoticeSink", "RedisNoticeDedupe", "encode_notice", "notices_table", "parse_notice",
-    "write_encoded_notices", "write_notices",
+    "write_encoded_notices",
 ]

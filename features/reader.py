@@ -59,8 +59,7 @@ class ReaderConfig:
     cache_ttl_s: float = 5.0     # staleness bound: batch views change daily, streams in ~1 s
     # SQLite only. Map up to this much of the database file: the bench world's store is
     # 470 MB, and with SQLite's default 2 MB page cache every cold page was a read()
-    # system call (engine alone on 15,000 fresh requests, p99 0.80-0.92 -> 0.60-0.62 ms).
-    # 0: no mapping. SQLite maps only what the file holds and grows the map with it.
+    # system call. 0: no mapping. SQLite maps only what the file holds.
     sqlite_mmap_mb: int = 1024
     sqlite_cache_mb: int = 64    # SQLite's page cache for the reader's connection
 
@@ -375,13 +374,6 @@ class OnlineReader:
                     self._sqlite = new
                 conn = self._sqlite
         return conn
-
-    def close(self) -> None:
-        """Close the reader's own SQLite connection (Feast's store stays open)."""
-        with self._sqlite_lock:
-            if self._sqlite is not None:
-                self._sqlite.close()
-                self._sqlite = None
 
     def _fetch_sqlite(self, misses: dict[str, list[str]]
                       ) -> dict[str, list[list[float] | None]]:

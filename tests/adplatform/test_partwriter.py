@@ -25,19 +25,17 @@ from decisioning.decision_log import (
     encode_record,
     records_table,
 )
+from tests.decisioning.test_decision_log import _rec as decision_record
 
 T0 = datetime(2024, 3, 1, 23, 59, 59, 999_999, tzinfo=UTC)
 
 
 def _rec(i: int, **kw: Any) -> DecisionRecord:
-    base: dict[str, Any] = dict(
-        ts=T0 + timedelta(microseconds=i), request_id=f"r{i}", imp_id="1", bid=i % 2 == 0,
-        price=1.5 + i / 7, campaign_id="c01", creative_id="cr-ü", reason="bid",
-        pctr=None if i % 3 == 0 else 0.1 / (i + 1), value=8.0, propensity=1.0,
-        policy="shade_factor_0.7", variant="default", model_version="ctr=3",
-        feature_service="ctr_v1", latency_ms=0.2 + i)
-    base.update(kw)
-    return DecisionRecord(**base)
+    """The decision-log tests' record, with values that differ from row to row."""
+    varied: dict[str, Any] = dict(
+        ts=T0 + timedelta(microseconds=i), request_id=f"r{i}", price=1.5 + i / 7,
+        creative_id="cr-ü", pctr=None if i % 3 == 0 else 0.1 / (i + 1), latency_ms=0.2 + i)
+    return decision_record(i, **{**varied, **kw})
 
 
 def _blob(records: list[DecisionRecord]) -> bytes:

@@ -23,22 +23,16 @@ def test_notice_url_follows_the_setting_then_the_bind_address(tmp_path: Path) ->
     assert notice_url(plain, "127.0.0.1", 8080) == "http://127.0.0.1:8080/notice"
     assert notice_url(plain, "0.0.0.0", 8080) is None          # public name unknown
     assert notice_url(plain, "::", 8080) is None
-    set_ = Settings(home=tmp_path, notice_base_url="https://bidder.example/n")  # type: ignore[call-arg]
+    set_ = Settings(home=tmp_path,  # type: ignore[call-arg]
+                    notice_base_url="https://bidder.example/n")
     assert notice_url(set_, "0.0.0.0", 8080) == "https://bidder.example/n"
-
-
-def _fill(url: str, request_id: str, price: str) -> str:
-    for k, v in (("${AUCTION_ID}", request_id), ("${AUCTION_IMP_ID}", "1"),
-                 ("${AUCTION_PRICE}", price), ("${AUCTION_CURRENCY}", "USD")):
-        url = url.replace(k, v)
-    return url
 
 
 def test_run_server_serves_notices_and_counts_spend_from_billing(
         trained_workspace: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import decisioning.server
     import mlops.serve
-    from simulator import LiveExchange
+    from simulator import LiveExchange, notice_calls
 
     captured: dict[str, Any] = {}
     logs = tmp_path / "logs"
@@ -64,12 +58,16 @@ def test_run_server_serves_notices_and_counts_spend_from_billing(
             res = client.post("/openrtb/2.6/bid", content=json.dumps(r))
             assert res.status_code in (200, 204)
             if res.status_code == 200:
-                bids.append((r["id"], res.json()["seatbid"][0]["bid"][0]))
+                bids.append((r, res.json()))
         assert bids, "no bid in 300 requests"
         billed = 0
-        for rid, bid in bids[:20]:
-            assert bid["nurl"].startswith("http://127.0.0.1:8765/notice/")
-            path = _fill(bid["burl"], rid, "1.25").split("8765", 1)[1]
+        for r, resp in bids[:20]:
+            assert resp["seatbid"][0]["bid"][0]["nurl"].startswith(
+                "http://127.0.0.1:8765/notice/")
+            # the exchange's calls for a win cleared at CPM 1.25: nurl, then burl
+            [_, (kind, burl)] = notice_calls(r, resp, {"won": True, "paid_price": 1.25})
+            assert kind == "billing"
+            path = burl.split("8765", 1)[1]
             assert client.get(path).json()["status"] == "recorded"
             assert client.get(path).json()["status"] == "duplicate"
             billed += 1250                          # CPM 1.25 -> 1,250 micro-dollars
