@@ -4,8 +4,8 @@ Setting: single-imp OpenRTB requests from the simulator, 20 candidate ads per au
 (the bench world's campaigns plus low-value filler campaigns so that every slot has at
 least 20 eligible creatives; ``max_candidates=20``), embedded profile (Feast SQLite
 online store through the cached reader, the ONNX champion in process, in-memory
-budgets), notice URLs on. Every server is one uvicorn process; the open-loop load
-generator (:mod:`bench.loadgen`) runs in its own process.
+budgets), notice URLs on. Every server is one uvicorn process, except the multi-worker
+row's; the open-loop load generator (:mod:`bench.loadgen`) runs in its own process.
 
 Rows:
 
@@ -15,7 +15,11 @@ Rows:
   ``mlflow.pyfunc`` ``predict`` for each registered model), the decision service with
   its bid routes on the ASGI path (``serve(fast_bid=False)``), and the decision service
   as ``adplatform serve`` runs it (bid routes answered in the HTTP protocol), with the
-  decision service's ratios against the other three;
+  decision service's ratios against the other three; and the decision service as
+  ``adplatform serve --workers 2`` runs it (two worker processes on one port, budgets,
+  caps and notice dedupe in the shared SQLite state; its load generator takes pooled
+  connections in turn, ``pool="fifo"``, from 16 warm ones, so that the load reaches
+  both workers), with its ratio against the one-process service;
 * a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors);
 * a soak at ``level_rate`` for ``soak_s`` seconds: zero errors, and the decision log
   (flushed by SIGTERM) holds exactly one record per answered request.
@@ -33,6 +37,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +73,8 @@ class DecisionBenchConfig:
     # every cached entry just as it expired).
     n_bodies: int = 20_000
     seed: int = 99
+    workers: int = 2          # the multi-worker row: one per core of the 2-core dev machine
+    worker_warm_conns: int = 16  # a kernel-hashed spread of 16 is about even over 2 workers
 
     @classmethod
     def quick(cls) -> DecisionBenchConfig:
@@ -106,7 +114,8 @@ def request_bodies(world: Settings, n: int, seed: int) -> list[bytes]:
 
 
 def build_decision_service(world: Settings, campaigns: Path, log_root: Path,
-                           notice_base_url: str) -> Any:
+                           notice_base_url: str, *, worker: tuple[int, int] = (0, 1),
+                           shared_state: Path | None = None) -> Any:
     from decisioning.engine import EngineConfig
     from decisioning.service import build_service
     from features.reader import OnlineReader
@@ -117,7 +126,8 @@ def build_decision_service(world: Settings, campaigns: Path, log_root: Path,
                                                         shared_data=world.shared_data),
                          models=build_backend(world), campaigns_path=campaigns,
                          log_root=log_root, notice_base_url=notice_base_url,
-                         config=EngineConfig(seed=world.seed, max_candidates=K))
+                         config=EngineConfig(seed=world.seed, max_candidates=K),
+                         worker=worker, shared_state=shared_state)
 
 
 # --------------------------------------------------------------------------- servers
@@ -135,6 +145,33 @@ def serve_decision(home: str, port: int, campaigns: str, log_root: str,
                                  f"http://127.0.0.1:{port}/notice")
     serve(create_app(svc.engine, notices=svc.notices), host="127.0.0.1", port=port,
           fast_bid=fast_bid)
+
+
+@contextmanager
+def decision_worker_app(index: int, count: int, home: str, port: int, campaigns: str,
+                        log_root: str, state: str) -> Iterator[Any]:
+    """:func:`decisioning.workers.serve_workers`' factory for the multi-worker row."""
+    from decisioning.app import create_app
+
+    world = Settings(home=Path(home))  # type: ignore[call-arg]
+    svc = build_decision_service(world, Path(campaigns), Path(log_root),
+                                 f"http://127.0.0.1:{port}/notice", worker=(index, count),
+                                 shared_state=Path(state))
+    yield create_app(svc.engine, notices=svc.notices)   # its lifespan closes both
+    for store in svc.stores:
+        store.close()
+
+
+def serve_decision_workers(home: str, port: int, campaigns: str, log_root: str,
+                           workers: int) -> None:
+    """Subprocess entry: the decision service as ``adplatform serve --workers N`` runs it."""
+    from decisioning.workers import serve_workers
+
+    state = Path(log_root) / "state.sqlite"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    serve_workers("bench.decision:decision_worker_app",
+                  (home, port, campaigns, log_root, str(state)), workers=workers,
+                  host="127.0.0.1", port=port)
 
 
 def create_naive_app(world: Settings, campaigns: Path) -> Any:
@@ -289,10 +326,11 @@ def engine_alone(world: Settings, campaigns: Path, bodies: list[bytes], n: int,
 
 
 def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
-            server: Server) -> tuple[list[Row], float]:
+            server: Server, **load: Any) -> tuple[list[Row], float]:
     rows, best = [], 0.0
     for rate in cfg.ladder:
-        res = run_load("127.0.0.1", port, PATH, bodies, rate=rate, duration_s=cfg.step_s)
+        res = run_load("127.0.0.1", port, PATH, bodies, rate=rate, duration_s=cfg.step_s,
+                       **load)
         server.settle()
         ok = res.errors == 0 and res.percentile(99) <= P99_BUDGET_MS
         rows.append(_row(f"{name}: ladder step", "-", res, within_budget=str(ok)))
@@ -321,7 +359,7 @@ def run(settings: Settings, world: Settings, *,
     env = {"ADPLATFORM_HOME": str(world.workspace.root)}
     home = str(world.workspace.root)
     ports = {"trivial": free_port(), "naive": free_port(), "decision": free_port(),
-             "asgi": free_port()}
+             "asgi": free_port(), "workers": free_port()}
     log_root = out / f"log-{int(time.time())}"
     codes = {
         "trivial": ("import uvicorn; from bench.trivial_app import create_app; "
@@ -334,27 +372,37 @@ def run(settings: Settings, world: Settings, *,
         "asgi": (f"from bench.decision import serve_decision; serve_decision({home!r}, "
                  f"{ports['asgi']}, {str(campaigns)!r}, {str(log_root) + '-asgi'!r}, "
                  "fast_bid=False)"),
+        "workers": ("from bench.decision import serve_decision_workers; "
+                    f"serve_decision_workers({home!r}, {ports['workers']}, "
+                    f"{str(campaigns)!r}, {str(log_root) + '-workers'!r}, {cfg.workers})"),
     }
     names = {"trivial": "trivial FastAPI handler", "naive": "naive bidder (Feast + pyfunc)",
-             "decision": "decision service", "asgi": "decision service, ASGI bid path"}
+             "decision": "decision service", "asgi": "decision service, ASGI bid path",
+             "workers": f"decision service, {cfg.workers} workers"}
+    # The multi-worker server's generator spreads its requests over its connections.
+    load: dict[str, dict[str, Any]] = {
+        k: {} for k in ports} | {"workers": {"pool": "fifo",
+                                             "warm_conns": cfg.worker_warm_conns}}
     level: dict[str, Row] = {}
     best: dict[str, float] = {}
     with Server(codes["trivial"], env, out / "trivial.log") as s_trivial, \
             Server(codes["naive"], env, out / "naive.log") as s_naive, \
             Server(codes["decision"], env, out / "decision.log") as s_decision, \
-            Server(codes["asgi"], env, out / "decision-asgi.log") as s_asgi:
+            Server(codes["asgi"], env, out / "decision-asgi.log") as s_asgi, \
+            Server(codes["workers"], env, out / "decision-workers.log") as s_workers:
         servers = {"trivial": s_trivial, "naive": s_naive, "decision": s_decision,
-                   "asgi": s_asgi}
+                   "asgi": s_asgi, "workers": s_workers}
         health = {"trivial": "/healthz", "naive": "/healthz", "decision": "/readyz",
-                  "asgi": "/readyz"}
+                  "asgi": "/readyz", "workers": "/readyz"}
         for key, port in ports.items():
             wait_until_healthy(f"http://127.0.0.1:{port}{health[key]}", timeout_s=180)
-            run_load("127.0.0.1", port, PATH, bodies, rate=200, duration_s=cfg.warmup_s)
+            run_load("127.0.0.1", port, PATH, bodies, rate=200, duration_s=cfg.warmup_s,
+                     **load[key])
             servers[key].settle()
-        for key in ("trivial", "naive", "asgi", "decision"):
+        for key in ("trivial", "naive", "asgi", "decision", "workers"):
             cpu0 = servers[key].cpu_s()
             res = run_load("127.0.0.1", ports[key], PATH, bodies, rate=cfg.level_rate,
-                           duration_s=cfg.level_s)
+                           duration_s=cfg.level_s, **load[key])
             # An overloaded server (the naive bidder) works through its backlog after
             # the load stops: measure the next one only once this one is idle again.
             settled = servers[key].settle()
@@ -370,11 +418,13 @@ def run(settings: Settings, world: Settings, *,
                                         extra=dict(level["decision"].extra)), level["naive"]))
         rows.append(with_ratios(replace(level["decision"], baseline=names["asgi"],
                                         extra=dict(level["decision"].extra)), level["asgi"]))
-        for key in ("trivial", "naive", "asgi", "decision"):
+        rows.append(with_ratios(replace(level["workers"], baseline=names["decision"]),
+                                level["decision"]))
+        for key in ("trivial", "naive", "asgi", "decision", "workers"):
             ladder_rows, best[key] = _ladder(ports[key], names[key], bodies, cfg,
-                                             servers[key])
+                                             servers[key], **load[key])
             rows += ladder_rows
-    for key in ("trivial", "naive", "asgi", "decision"):
+    for key in ("trivial", "naive", "asgi", "decision", "workers"):
         rows.append(Row(suite="decision", target=f"{names[key]}: highest rate, p99 <= 10 ms",
                         baseline="-", rate=best[key], p50_ms=float("nan"),
                         p99_ms=float("nan"), throughput=best[key]))

@@ -97,21 +97,28 @@ class Server:
         window): an overloaded server keeps working through its backlog after the load
         generator stops, and would take CPU from whatever is measured next. Returns the
         seconds waited."""
-        import psutil
-
-        proc = psutil.Process(self.proc.pid)
         start = time.monotonic()
         while time.monotonic() - start < timeout_s and self.proc.poll() is None:
-            if proc.cpu_percent(interval=window_s) < 100.0 * idle_share:
+            cpu0 = self.cpu_s()
+            time.sleep(window_s)
+            if self.cpu_s() - cpu0 < idle_share * window_s:
                 break
         return time.monotonic() - start
 
     def cpu_s(self) -> float:
-        """CPU seconds (user + system) the server process has used so far."""
+        """CPU seconds (user + system) the server has used so far: its process and the
+        ones it started (workers, log writers) that are still running."""
         import psutil
 
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return float(t.user + t.system)
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in (root, *root.children(recursive=True)):
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -20,6 +20,10 @@ for sub-millisecond latencies to mean anything:
   exchange holds a pool of them open to its bidders; more are opened when all are
   busy (:attr:`LoadResult.conns_opened` counts those). Opening them on demand put TCP
   set-up and the server's new-connection work on the first requests of every run.
+* An idle connection is taken from the pool most-recently-used first (``pool="lifo"``,
+  as most HTTP clients do), or in turn (``"fifo"``): with several server workers, each
+  holding the connections the kernel gave it, only ``"fifo"`` spreads a light load over
+  all of them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import multiprocessing as mp
 import select
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -101,7 +107,7 @@ def parse_response(buf: bytes) -> tuple[int, int, bool] | None:
 
 def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float,
          duration_s: float, headers: dict[str, str], max_conns: int,
-         warm_conns: int = 0) -> LoadResult:
+         warm_conns: int = 0, pool: Literal["lifo", "fifo"] = "lifo") -> LoadResult:
     """One open-loop run, with the cyclic garbage collector off: the generator must not
     pause. With it on, full collections took 30-45 ms each (three or four in 15 s at
     1,000/s, timed with a ``gc.callbacks`` hook in the generator while profiling), and
@@ -113,7 +119,7 @@ def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float,
     gc.disable()
     try:
         return _open_loop(host, port, path, bodies, rate, duration_s, headers, max_conns,
-                          warm_conns)
+                          warm_conns, pool)
     finally:
         gc.enable()
         gc.unfreeze()
@@ -121,13 +127,14 @@ def _run(host: str, port: int, path: str, bodies: list[bytes], rate: float,
 
 def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float,
                duration_s: float, headers: dict[str, str], max_conns: int,
-               warm_conns: int) -> LoadResult:
+               warm_conns: int, pool: Literal["lifo", "fifo"] = "lifo") -> LoadResult:
     result = LoadResult(rate=rate, duration_s=duration_s)
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     raws = [(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
              f"{extra}Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
     clock = time.perf_counter
-    idle: list[_Conn] = []
+    idle: deque[_Conn] = deque()
+    take = idle.popleft if pool == "fifo" else idle.pop
     busy: dict[socket.socket, _Conn] = {}
     open_conns = 0
 
@@ -150,7 +157,7 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
 
     def dispatch(index: int, due: float, retried: bool) -> None:
         nonlocal open_conns
-        conn = idle.pop() if idle and not retried else None   # a retry: a fresh one
+        conn = take() if idle and not retried else None   # a retry: a fresh one
         if conn is None:
             if open_conns >= max_conns:
                 result.errors += 1            # counted as a failure: the pool is exhausted
@@ -254,12 +261,15 @@ def _worker(q: mp.Queue, args: tuple) -> None:  # type: ignore[type-arg]
 
 def run_load(host: str, port: int, path: str, bodies: list[bytes], *, rate: float,
              duration_s: float, headers: dict[str, str] | None = None,
-             max_conns: int = 256, warm_conns: int = WARM_CONNS) -> LoadResult:
+             max_conns: int = 256, warm_conns: int = WARM_CONNS,
+             pool: Literal["lifo", "fifo"] = "lifo") -> LoadResult:
     """Run one open-loop load in a separate process and return its measurements
-    (``warm_conns`` connections opened before the schedule starts)."""
+    (``warm_conns`` connections opened before the schedule starts; ``pool``: which idle
+    connection the next request takes, see the module docstring)."""
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    args = (host, port, path, bodies, rate, duration_s, headers or {}, max_conns, warm_conns)
+    args = (host, port, path, bodies, rate, duration_s, headers or {}, max_conns, warm_conns,
+            pool)
     p = ctx.Process(target=_worker, args=(q, args), daemon=True)
     p.start()
     res: LoadResult = q.get(timeout=duration_s + 90)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from collections.abc import Callable
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Protocol, runtime_checkable
@@ -103,6 +104,50 @@ class BudgetLedger(Protocol):
     def release(self, campaign_id: str, key: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+class CommittedSnapshot:
+    """A shared ledger's commitments (spend + live reservations, µ$) per campaign-day as
+    last read from its store: what candidate selection compares with budgets without
+    waiting on the store. The ledger's background thread re-reads :meth:`tracked` and
+    stores the result with :meth:`replace`; the first ask for a campaign-day returns 0
+    and starts tracking it (``on_track`` is called then: e.g. start that thread); only
+    the newest day asked about stays tracked; a reservation this process made counts at
+    once (:meth:`add`), before the next refresh."""
+
+    def __init__(self, on_track: Callable[[], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, date], int] = {}
+        self._tracked: set[tuple[str, date]] = set()
+        self._on_track = on_track
+
+    def committed(self, campaign_id: str, day: date) -> int:
+        key = (campaign_id, day)
+        value = self._values.get(key)
+        if value is None:
+            with self._lock:
+                self._tracked.add(key)
+                self._values.setdefault(key, 0)
+                if self._on_track is not None:
+                    self._on_track()
+            return 0
+        return value
+
+    def tracked(self) -> list[tuple[str, date]]:
+        """The campaign-days to re-read (those of the newest day asked about), sorted."""
+        with self._lock:
+            today = max((d for _, d in self._tracked), default=None)
+            self._tracked = {k for k in self._tracked if k[1] == today}
+            return sorted(self._tracked)
+
+    def replace(self, values: dict[tuple[str, date], int]) -> None:
+        self._values = values
+
+    def add(self, campaign_id: str, day: date, micros: int) -> None:
+        """Count this process's new reservation now (if the campaign-day is tracked)."""
+        values, key = self._values, (campaign_id, day)
+        if key in values:
+            values[key] = values[key] + micros
 
 
 class InMemoryBudgetLedger:
@@ -215,5 +260,5 @@ class InMemoryBudgetLedger:
 
 
 __all__ = ["DEFAULT_RESERVATION_TTL_S", "MICROS_PER_DOLLAR", "BudgetLedger",
-           "BudgetUnavailable", "InMemoryBudgetLedger", "InvalidAmount", "cpm_to_micros",
+           "BudgetUnavailable", "CommittedSnapshot", "InMemoryBudgetLedger", "InvalidAmount", "cpm_to_micros",
            "micros_to_dollars", "to_micros"]

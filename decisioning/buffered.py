@@ -8,7 +8,9 @@ and the part numbers:
 * rows are appended under a lock (the request path never waits on disk);
 * a daemon thread flushes every ``flush_every`` rows or ``flush_interval_s`` seconds;
 * each flush takes the next part number (after the highest under ``root/<table>``),
-  so flushes and restarts never overwrite a file;
+  so flushes and restarts never overwrite a file; worker ``i`` of ``n`` processes
+  writing one log (``worker=(i, n)``, :mod:`decisioning.workers`) takes only numbers
+  ``≡ i (mod n)``, so workers never race for a part;
 * a failed write keeps its rows for the next flush (logged); :meth:`flush` and
   :meth:`close` raise it.
 
@@ -36,13 +38,17 @@ T = TypeVar("T")
 _PART = re.compile(r"part-(\d+)\.parquet$")
 
 
-def next_part(base: Path) -> int:
-    """One more than the highest ``part-N.parquet`` under ``base/date=*``; 0 if none."""
-    if not base.exists():
-        return 0
-    parts = [int(m.group(1)) for p in base.glob("date=*/part-*.parquet")
-             if (m := _PART.search(p.name))]
-    return max(parts, default=-1) + 1
+def next_part(base: Path, worker: tuple[int, int] = (0, 1)) -> int:
+    """The first part number after the highest ``part-N.parquet`` under ``base/date=*``
+    that belongs to ``worker`` ``(i, n)``: the numbers ``≡ i (mod n)``; ``i`` if none."""
+    index, count = worker
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"worker must be (i, n) with 0 <= i < n, got {worker!r}")
+    highest = -1
+    if base.exists():
+        highest = max((int(m.group(1)) for p in base.glob("date=*/part-*.parquet")
+                       if (m := _PART.search(p.name))), default=-1)
+    return highest + 1 + (index - highest - 1) % count
 
 
 class BufferedParquetWriter(Generic[T]):
@@ -52,7 +58,8 @@ class BufferedParquetWriter(Generic[T]):
     what = "rows"
 
     def __init__(self, root: Path, *, flush_every: int = 5000,
-                 flush_interval_s: float | None = 5.0) -> None:
+                 flush_interval_s: float | None = 5.0,
+                 worker: tuple[int, int] = (0, 1)) -> None:
         if flush_every < 1:
             raise ValueError("flush_every must be >= 1")
         self.root = Path(root)
@@ -62,7 +69,8 @@ class BufferedParquetWriter(Generic[T]):
         self._lock = threading.Lock()               # guards _buffer and _closing
         self._wake = threading.Condition(self._lock)
         self._write_lock = threading.Lock()         # one writer at a time; guards _part
-        self._part = next_part(self.root / self.table)
+        self._part = next_part(self.root / self.table, worker)
+        self._part_step = worker[1]
         self._inflight = 0
         self._closing = False
         self._closed = False
@@ -111,7 +119,7 @@ class BufferedParquetWriter(Generic[T]):
                     self._inflight = 0
                 self.write_errors += 1
                 raise
-            self._part += 1
+            self._part += self._part_step
             self.files_written.extend(written)
             self.rows_written += len(rows)
             self._inflight = 0
@@ -155,12 +163,14 @@ class EncodedPartWriter(BufferedParquetWriter[T]):
 
     def __init__(self, root: Path, *, flush_every: int = 5000,
                  flush_interval_s: float | None = 5.0,
-                 writer: Literal["process", "thread"] = "process") -> None:
+                 writer: Literal["process", "thread"] = "process",
+                 worker: tuple[int, int] = (0, 1)) -> None:
         if writer not in ("process", "thread"):
             raise ValueError(f"writer must be 'process' or 'thread', got {writer!r}")
         self._process = PartWriterProcess() if writer == "process" else None
         self._process_failures = 0
-        super().__init__(root, flush_every=flush_every, flush_interval_s=flush_interval_s)
+        super().__init__(root, flush_every=flush_every, flush_interval_s=flush_interval_s,
+                         worker=worker)
 
     def _encode_row(self, row: T) -> bytes:
         raise NotImplementedError

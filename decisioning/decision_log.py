@@ -120,8 +120,8 @@ class ParquetDecisionSink(EncodedPartWriter[DecisionRecord]):
     A background thread flushes every ``flush_every`` records or ``flush_interval_s``
     seconds, whichever comes first; :meth:`close` flushes the rest. Each flush takes the
     next part number (starting after the highest already under ``root``), so flushes and
-    restarts never overwrite a file. Give each process its own ``root`` (or run one
-    writer): two processes on one root would race for part numbers.
+    restarts never overwrite a file. Processes sharing one ``root`` must each say which
+    they are (``worker=(i, n)``: part numbers ``≡ i (mod n)``), or they race for parts.
 
     A failed write keeps its records for the next flush and is logged; :meth:`flush` and
     :meth:`close` raise it. A SIGKILL loses what is buffered: at most ``flush_every``

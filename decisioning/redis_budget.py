@@ -37,6 +37,7 @@ from decisioning.budget import (
     DEFAULT_RESERVATION_TTL_S,
     MICROS_PER_DOLLAR,
     BudgetUnavailable,
+    CommittedSnapshot,
     InvalidAmount,
     to_micros,
 )
@@ -124,8 +125,7 @@ class RedisBudgetLedger:
         self._settle = client.register_script(_SETTLE)
         self._snapshot_script = client.register_script(_SNAPSHOT)
         self._lock = threading.Lock()
-        self._snap: dict[tuple[str, date], int] = {}      # (cid, day) -> committed µ$
-        self._tracked: set[tuple[str, date]] = set()
+        self._snap = CommittedSnapshot(on_track=self._start_refresh)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.healthy = True
@@ -156,27 +156,20 @@ class RedisBudgetLedger:
         return self.spent_micros(campaign_id, day) / MICROS_PER_DOLLAR
 
     def committed_micros(self, campaign_id: str, day: date) -> int:
-        key = (campaign_id, day)
-        value = self._snap.get(key)
-        if value is None:
-            with self._lock:
-                self._tracked.add(key)
-                self._snap.setdefault(key, 0)
-                if self._thread is None and not self._stop.is_set():
-                    self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
-                                                    name="budget-snapshot")
-                    self._thread.start()
-            return 0
-        return value
+        return self._snap.committed(campaign_id, day)
+
+    def _start_refresh(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._refresh_loop, daemon=True,
+                                                name="budget-snapshot")
+                self._thread.start()
 
     def refresh(self) -> None:
         """Re-read spend and reservations of every tracked campaign-day (one pipeline)."""
         import redis as redis_lib
 
-        with self._lock:
-            today = max((d for _, d in self._tracked), default=None)
-            self._tracked = {k for k in self._tracked if k[1] == today}
-            tracked = sorted(self._tracked)
+        tracked = self._snap.tracked()
         if not tracked:
             return
         now = self._wall_ms()
@@ -189,7 +182,8 @@ class RedisBudgetLedger:
             self.healthy = False
             raise
         self.healthy = True
-        self._snap = {k: int(s) + int(r) for k, (s, r) in zip(tracked, results, strict=True)}
+        self._snap.replace({k: int(s) + int(r)
+                            for k, (s, r) in zip(tracked, results, strict=True)})
 
     def _refresh_loop(self) -> None:
         import redis as redis_lib
@@ -211,10 +205,7 @@ class RedisBudgetLedger:
                         [now, key, amount_micros, -1 if budget_micros is None else budget_micros,
                          now + self._ttl_ms, 1 if spend else 0, self._spent_ttl_s])
         if ok:
-            snap_key = (campaign_id, day)
-            snap = self._snap
-            if snap_key in snap:
-                snap[snap_key] = snap[snap_key] + amount_micros
+            self._snap.add(campaign_id, day, amount_micros)
         return bool(ok)
 
     def settle(self, campaign_id: str, key: str, amount_micros: int, day: date) -> int:

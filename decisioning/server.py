@@ -8,13 +8,14 @@ to the engine, so time a request spends queued in the event loop behind other wo
 budget is shed with a no-bid at once. Time spent in the kernel's socket buffer before
 the loop reads it is not seen (the same for any user-space server).
 
-:func:`serve` runs one process; uvicorn turns SIGTERM into a graceful shutdown (stop
+:func:`serve` runs one process (:mod:`decisioning.workers` runs several); uvicorn turns SIGTERM into a graceful shutdown (stop
 accepting, finish in-flight requests, run the lifespan, which closes the engine and
 flushes the decision and notice logs).
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -145,7 +146,8 @@ def stamping_protocol(bid: BidFastPath | None = None) -> type[Any] | str:
 
 def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "warning", graceful_timeout_s: int = 10,
-          keep_alive_s: int = KEEP_ALIVE_S, fast_bid: bool = True) -> None:
+          keep_alive_s: int = KEEP_ALIVE_S, fast_bid: bool = True,
+          sock: socket.socket | None = None) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (graceful: the lifespan flushes the logs).
 
     Start-up objects (Feast registry, ONNX sessions, campaign index) live as long as the
@@ -159,6 +161,9 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
     ``fast_bid`` answers the bid routes inside the HTTP protocol (see
     :func:`stamping_protocol`) unless the app decides in a thread pool; False keeps
     them on the ASGI path (the bench measures one against the other).
+
+    ``sock``: listen on this bound socket instead of binding ``host:port`` (a worker of
+    :func:`decisioning.workers.serve_workers`, whose socket has ``SO_REUSEPORT``).
     """
     import gc
 
@@ -172,7 +177,7 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
                             log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s,
                             timeout_keep_alive=keep_alive_s)
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
 __all__ = ["KEEP_ALIVE_S", "BidFastPath", "bid_fast_path", "serve", "stamping_protocol"]

@@ -13,6 +13,13 @@ notice dedupe       InMemoryNoticeDedupe            RedisNoticeDedupe
 decision log        ParquetDecisionSink             NatsDecisionSink (spills to parquet)
 notice log          ParquetNoticeSink               ParquetNoticeSink
 ==================  ==============================  ===================================
+
+Several worker processes (``adplatform serve --workers N``, :mod:`decisioning.workers`)
+must share budgets, caps and notice dedupe: a notice reaches whichever worker the
+exchange's connection landed on, not the one that bid. The services profile shares
+them in Redis; the embedded one, given ``shared_state`` (a SQLite file), keeps them
+there (:mod:`decisioning.sqlite_state`) instead of in process memory. Each worker
+writes its own log parts (``worker=(i, n)``) into the one log.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from adplatform.config import Settings
 from decisioning.budget import BudgetLedger, InMemoryBudgetLedger
@@ -45,12 +53,19 @@ from serving.base import ModelBackend
 class DecisionService:
     engine: DecisionEngine
     notices: NoticeService
+    # State stores the engine and notices do not own (closed last): the shared SQLite
+    # frequency counter and notice dedupe (the campaign store closes the ledger).
+    stores: tuple[Any, ...] = ()
 
     def close(self) -> None:
         try:
             self.engine.close()
         finally:
-            self.notices.close()
+            try:
+                self.notices.close()
+            finally:
+                for store in self.stores:
+                    store.close()
 
 
 def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: ModelBackend,
@@ -62,14 +77,18 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
                   log_root: Path | None = None, notice_base_url: str | None = None,
                   campaigns_path: Path | None = None,
                   redis_prefix: str = "adp", postgres_schema: str = "adplatform",
-                  shadow: bool = False) -> DecisionService:
+                  shadow: bool = False, shared_state: Path | None = None,
+                  worker: tuple[int, int] = (0, 1)) -> DecisionService:
     """The engine and notice service for ``settings.profile`` (see the module table).
 
     ``log_root`` holds ``decisions/``, ``notices/`` and ``shadow/decisions`` (default:
     the workspace's decision log folder). ``notice_base_url`` (e.g.
     ``http://bidder.example:8080/notice``) turns notice URLs on, and with them
     spend-on-billing. ``campaigns_path``: the campaign file of the embedded profile
-    (default ``world/campaigns.json``).
+    (default ``world/campaigns.json``). ``shared_state``: the embedded profile's
+    budgets, caps and notice dedupe in this SQLite file, shared by every process that
+    opens it (default: in this process's memory). ``worker``: this process is worker
+    ``i`` of ``n`` writing the one log (part numbers ``≡ i (mod n)``).
     """
     ws = settings.workspace.ensure()
     root = Path(log_root) if log_root is not None else ws.decisions
@@ -81,6 +100,7 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
     dedupe: NoticeDedupe
     campaigns: CampaignStore
     sink: DecisionSink
+    stores: tuple[Any, ...] = ()
     if settings.profile == "services":
         from decisioning.campaign_repo import PostgresCampaignRepository, PostgresCampaignStore
         from decisioning.frequency import RedisFrequencyCounter
@@ -97,25 +117,34 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
             ledger=ledger, pacer=pacer)
         pg.watch()
         campaigns = pg
-        sink = NatsDecisionSink(settings.nats_url, spill=ParquetDecisionSink(root))
+        sink = NatsDecisionSink(settings.nats_url,
+                                spill=ParquetDecisionSink(root, worker=worker))
     else:
-        ledger = InMemoryBudgetLedger(clock=clock)
-        frequency = InMemoryFrequencyCounter()
-        dedupe = InMemoryNoticeDedupe()
+        if shared_state is not None:
+            from decisioning.sqlite_state import open_state
+
+            shared_ledger, shared_frequency, shared_dedupe = open_state(shared_state)
+            ledger, frequency, dedupe = shared_ledger, shared_frequency, shared_dedupe
+            stores = (shared_frequency, shared_dedupe)
+        else:
+            ledger = InMemoryBudgetLedger(clock=clock)
+            frequency = InMemoryFrequencyCounter()
+            dedupe = InMemoryNoticeDedupe()
         fcs = FileCampaignStore(campaigns_path or ws.world / "campaigns.json",
                                 ledger=ledger, pacer=pacer)
         fcs.watch()
         campaigns = fcs
-        sink = ParquetDecisionSink(root)
+        sink = ParquetDecisionSink(root, worker=worker)
     engine = DecisionEngine(
         featurizer=featurizer, models=models, campaigns=campaigns, sink=sink, clock=clock,
         config=cfg, pricer=pricer, backends=backends, fallback_models=fallback_models,
         experiment=experiment, frequency=frequency,
-        shadow_sink=ParquetDecisionSink(root / "shadow") if shadow else None)
-    notices = NoticeService(ledger=ledger, dedupe=dedupe, sink=ParquetNoticeSink(root),
+        shadow_sink=ParquetDecisionSink(root / "shadow", worker=worker) if shadow else None)
+    notices = NoticeService(ledger=ledger, dedupe=dedupe,
+                            sink=ParquetNoticeSink(root, worker=worker),
                             frequency=frequency, clock=clock, currency=cfg.currency,
                             fx_rates=cfg.fx_rates)
-    return DecisionService(engine, notices)
+    return DecisionService(engine, notices, stores)
 
 
 __all__ = ["DecisionService", "build_service"]

@@ -233,6 +233,10 @@ def serve(port: Annotated[int, typer.Option(help="TCP port")] = 8080,
               help="notice routes as exchanges reach them (nurl/burl/lurl base, e.g. "
                    "https://bidder.example/notice); default ADPLATFORM_NOTICE_BASE_URL, "
                    "else http://HOST:PORT/notice")] = None,
+          workers: Annotated[int, typer.Option(
+              min=1, help="worker processes on the port (one core each); budgets, caps and "
+                          "notice dedupe are shared (SQLite in the workspace, or Redis "
+                          "with the services profile)")] = 1,
           ) -> None:
     """Run the decision service (OpenRTB bidder) over HTTP."""
     settings = get_settings()
@@ -241,9 +245,13 @@ def serve(port: Annotated[int, typer.Option(help="TCP port")] = 8080,
     if experiment is None:
         from mlops.serve import run_server
 
-        run_server(settings, host=host, port=port, watch_interval_s=watch_interval or None)
-        return
+        raise typer.Exit(run_server(settings, host=host, port=port,
+                                    watch_interval_s=watch_interval or None, workers=workers))
     from adplatform.errors import ConfigError
+
+    if workers > 1:
+        console.print("[red]--experiment runs one worker; drop --workers[/red]")
+        raise typer.Exit(2)
     from mlops.demo_ab import build_experiment, experiment_spec, serve_experiment, write_spec
 
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,8 @@ from mlops.registry_sidecar import RegistrySidecar
 from serving.base import ModelBackend
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from serving.onnx_backend import OnnxBackend
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,8 @@ def build_decision_service(settings: Settings, *, config: EngineConfig | None = 
                            backends: Mapping[str, ModelBackend] | None = None,
                            experiment: Experiment | None = None,
                            models: ModelBackend | None = None,
-                           log_root: Path | None = None) -> DecisionService:
+                           log_root: Path | None = None, worker: tuple[int, int] = (0, 1),
+                           shared_state: Path | None = None) -> DecisionService:
     """The decision service ``adplatform serve`` runs: the engine over the online reader
     and ``models:/<name>@champion`` (or ``models``), its notice service, and the state
     stores of ``settings.profile`` (:func:`decisioning.service.build_service`: file
@@ -110,6 +113,7 @@ def build_decision_service(settings: Settings, *, config: EngineConfig | None = 
     ``https://bidder.example/notice``) puts nurl/burl/lurl on every bid, and spend is then
     counted from billing notices; without it spend is charged at bid time. ``log_root``:
     where the decision and notice logs go (default: the workspace's decision log).
+    ``worker`` and ``shared_state``: see :func:`decisioning.service.build_service`.
     """
     from decisioning.service import build_service
     from features.reader import OnlineReader
@@ -122,7 +126,8 @@ def build_decision_service(settings: Settings, *, config: EngineConfig | None = 
     return build_service(
         settings, featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
         models=served, config=cfg, backends=backends, experiment=experiment,
-        pricer=build_pricer(served, cfg), notice_base_url=notice_base_url, log_root=log_root)
+        pricer=build_pricer(served, cfg), notice_base_url=notice_base_url, log_root=log_root,
+        worker=worker, shared_state=shared_state)
 
 
 def notice_url(settings: Settings, host: str, port: int) -> str | None:
@@ -178,35 +183,83 @@ def keep_torch_out() -> bool:
     return True
 
 
-def run_server(settings: Settings, *, host: str, port: int,
-               watch_interval_s: float | None = 5.0) -> None:
+@contextmanager
+def decision_app(settings: Settings, *, host: str, port: int,
+                 watch_interval_s: float | None = 5.0, worker: tuple[int, int] = (0, 1),
+                 shared_state: Path | None = None) -> Iterator[FastAPI]:
+    """The app ``adplatform serve`` runs (one per worker process), with its registry
+    sidecar and alias watcher stopped when the block exits. The engine closes (and the
+    logs flush) in the app's lifespan."""
     keep_torch_out()
 
-    from decisioning.server import serve
     from serving.watcher import watch_backend
 
     # The registry client (mlflow) lives in a child process: this one serves auctions
     # with ONNX Runtime only, and the child stays up for the alias watcher's polls.
     registry = RegistrySidecar(settings)
-    svc = build_decision_service(settings, registry=registry,
-                                 notice_base_url=notice_url(settings, host, port))
-    engine = svc.engine
-    # Follow models:/<name>@champion: a promotion or rollback is served within one
-    # interval, without a restart (in-process ONNX; Triton/Bento follow on their side).
-    watcher = (watch_backend(settings, engine.models, interval_s=watch_interval_s,
-                             source=registry, fetch=lambda n, v: registry.fetch(n, v).onnx_path)
-               if watch_interval_s else None)
-    # A remote backend blocks on the network: decide in the thread pool then.
-    app = create_app(engine, notices=svc.notices, api_keys=settings.api_keys,
-                     decide_in_threadpool=settings.backend != "onnx")
     try:
-        # Arrival stamps at parse time, long keep-alive, gc.freeze of start-up objects.
-        serve(app, host=host, port=port)
+        svc = build_decision_service(settings, registry=registry,
+                                     notice_base_url=notice_url(settings, host, port),
+                                     worker=worker, shared_state=shared_state)
+        engine = svc.engine
+        # Follow models:/<name>@champion: a promotion or rollback is served within one
+        # interval, without a restart (in-process ONNX; Triton/Bento follow on their side).
+        watcher = (watch_backend(settings, engine.models, interval_s=watch_interval_s,
+                                 source=registry,
+                                 fetch=lambda n, v: registry.fetch(n, v).onnx_path)
+                   if watch_interval_s else None)
+        try:
+            # A remote backend blocks on the network: decide in the thread pool then.
+            yield create_app(engine, notices=svc.notices, api_keys=settings.api_keys,
+                             decide_in_threadpool=settings.backend != "onnx")
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            for store in svc.stores:       # the app's lifespan closed engine and notices
+                store.close()
     finally:
-        if watcher is not None:
-            watcher.stop()
         registry.close()
 
 
-__all__ = ["build_backend", "build_decision_service", "build_pricer", "keep_torch_out",
-           "notice_url", "onnx_backend", "run_server"]
+def worker_app(index: int, count: int, settings: Settings, host: str, port: int,
+               watch_interval_s: float | None, shared_state: Path | None
+               ) -> AbstractContextManager[FastAPI]:
+    """:func:`decisioning.workers.serve_workers`' factory: worker ``index`` of ``count``."""
+    return decision_app(settings, host=host, port=port, watch_interval_s=watch_interval_s,
+                        worker=(index, count), shared_state=shared_state)
+
+
+def shared_state_path(settings: Settings) -> Path | None:
+    """Where several workers keep budgets, caps and notice dedupe in the embedded profile
+    (a SQLite file in the workspace); None under the services profile (Redis)."""
+    if settings.profile == "services":
+        return None
+    return settings.workspace.ensure().root / "state" / "decisioning.sqlite"
+
+
+def run_server(settings: Settings, *, host: str, port: int,
+               watch_interval_s: float | None = 5.0, workers: int = 1) -> int:
+    """Serve until SIGTERM/SIGINT: one process, or ``workers`` processes on one port
+    (:func:`decisioning.workers.serve_workers`) sharing budgets, caps and notice dedupe
+    (:func:`shared_state_path`). Returns the exit status."""
+    from decisioning.server import serve
+
+    if workers > 1:
+        from decisioning.workers import serve_workers
+
+        state = shared_state_path(settings)
+        if state is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+        return serve_workers("mlops.serve:worker_app",
+                             (settings, host, port, watch_interval_s, state),
+                             workers=workers, host=host, port=port)
+    with decision_app(settings, host=host, port=port,
+                      watch_interval_s=watch_interval_s) as app:
+        # Arrival stamps at parse time, long keep-alive, gc.freeze of start-up objects.
+        serve(app, host=host, port=port)
+    return 0
+
+
+__all__ = ["build_backend", "build_decision_service", "build_pricer", "decision_app",
+           "keep_torch_out", "notice_url", "onnx_backend", "run_server", "shared_state_path",
+           "worker_app"]

@@ -25,6 +25,7 @@ from decisioning.decision_log import (
     encode_record,
     records_table,
 )
+from tests.conftest import process_alive
 from tests.decisioning.test_decision_log import _rec as decision_record
 
 T0 = datetime(2024, 3, 1, 23, 59, 59, 999_999, tzinfo=UTC)
@@ -144,22 +145,12 @@ def test_the_child_exits_when_its_parent_is_killed() -> None:
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _alive(child):
+        while time.monotonic() < deadline and process_alive(child):
             time.sleep(0.1)
-        assert not _alive(child)
+        assert not process_alive(child)
     finally:
         if parent.poll() is None:
             parent.kill()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purpose (its parent was killed; init reaps it).
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def test_a_child_that_cannot_start_is_a_part_writer_error(
