@@ -186,10 +186,11 @@ def keep_torch_out() -> bool:
 @contextmanager
 def decision_app(settings: Settings, *, host: str, port: int,
                  watch_interval_s: float | None = 5.0, worker: tuple[int, int] = (0, 1),
-                 shared_state: Path | None = None) -> Iterator[FastAPI]:
+                 shared_state: Path | None = None,
+                 log_root: Path | None = None) -> Iterator[FastAPI]:
     """The app ``adplatform serve`` runs (one per worker process), with its registry
     sidecar and alias watcher stopped when the block exits. The engine closes (and the
-    logs flush) in the app's lifespan."""
+    logs flush) in the app's lifespan; ``log_root``: see :func:`build_decision_service`."""
     keep_torch_out()
 
     from serving.watcher import watch_backend
@@ -200,7 +201,8 @@ def decision_app(settings: Settings, *, host: str, port: int,
     try:
         svc = build_decision_service(settings, registry=registry,
                                      notice_base_url=notice_url(settings, host, port),
-                                     worker=worker, shared_state=shared_state)
+                                     worker=worker, shared_state=shared_state,
+                                     log_root=log_root)
         engine = svc.engine
         # Follow models:/<name>@champion: a promotion or rollback is served within one
         # interval, without a restart (in-process ONNX; Triton/Bento follow on their side).
@@ -222,11 +224,11 @@ def decision_app(settings: Settings, *, host: str, port: int,
 
 
 def worker_app(index: int, count: int, settings: Settings, host: str, port: int,
-               watch_interval_s: float | None, shared_state: Path | None
-               ) -> AbstractContextManager[FastAPI]:
+               watch_interval_s: float | None, shared_state: Path | None,
+               log_root: Path | None = None) -> AbstractContextManager[FastAPI]:
     """:func:`decisioning.workers.serve_workers`' factory: worker ``index`` of ``count``."""
     return decision_app(settings, host=host, port=port, watch_interval_s=watch_interval_s,
-                        worker=(index, count), shared_state=shared_state)
+                        worker=(index, count), shared_state=shared_state, log_root=log_root)
 
 
 def shared_state_path(settings: Settings) -> Path | None:

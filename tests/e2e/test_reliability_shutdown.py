@@ -4,12 +4,14 @@ The trained workspace is served the way ``adplatform serve`` serves it
 (``mlops.serve.build_decision_service``: real Feast online reader, the ONNX champion
 from the MLflow registry, the embedded profile's stores, notice URLs on; then
 ``decisioning.server.serve``) in its own process, with its logs in a folder of the
-test's own. An open-loop client sends 200
+test's own; and as ``adplatform serve --workers 2`` serves it (two worker processes on
+one port, budgets and notice dedupe in a shared SQLite file). An open-loop client sends 200
 requests/s for 15 s and calls the billing notice of every bid twice (and the win notice
 once); half way through the process gets SIGTERM. Then:
 
 * the process exits cleanly (uvicorn's graceful shutdown ran the lifespan, which
-  flushed the decision and notice logs; uvicorn then re-raises SIGTERM);
+  flushed the decision and notice logs; uvicorn then re-raises SIGTERM; the workers'
+  supervisor passes SIGTERM to each worker and exits 0);
 * every answered request has exactly one decision-log record, and no decision is
   logged twice;
 * every notice the server answered is in the notice log exactly once (repeats were
@@ -59,6 +61,18 @@ settings = Settings(home=home)
 svc = build_decision_service(settings, notice_base_url=notice_url(settings, "127.0.0.1", port),
                              log_root=log_root)
 serve(create_app(svc.engine, notices=svc.notices), host="127.0.0.1", port=port)
+"""
+
+_WORKERS = """
+import sys
+from pathlib import Path
+from adplatform.config import Settings
+from decisioning.workers import serve_workers
+
+home, port, log_root = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+sys.exit(serve_workers("mlops.serve:worker_app",
+                       (Settings(home=home), "127.0.0.1", port, None,
+                        log_root / "state.sqlite", log_root), workers=2, port=port))
 """
 
 
@@ -163,8 +177,9 @@ async def _drive(port: int, bodies: list[bytes], ids: list[str], stop_at: float,
     return {"answered": answered, "notices": notices}
 
 
+@pytest.mark.parametrize("server", [_SERVER, _WORKERS], ids=["one process", "two workers"])
 def test_sigterm_mid_run_loses_no_decision_and_counts_notices_once(
-        trained_workspace: Settings, tmp_path: Path) -> None:
+        trained_workspace: Settings, tmp_path: Path, server: str) -> None:
     from simulator import LiveExchange
 
     ws = trained_workspace.workspace
@@ -176,7 +191,7 @@ def test_sigterm_mid_run_loses_no_decision_and_counts_notices_once(
     port = free_port()
     log_root = tmp_path / "logs"
     with (tmp_path / "server.log").open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(ws.root), str(port),
+        proc = subprocess.Popen([sys.executable, "-c", server, str(ws.root), str(port),
                                  str(log_root)], stdout=out, stderr=subprocess.STDOUT,
                                 cwd=Path(__file__).resolve().parents[2])
         try:
