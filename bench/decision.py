@@ -62,8 +62,8 @@ _SIZES = (("banner", 300, 250), ("banner", 320, 50), ("banner", 728, 90),
 class DecisionBenchConfig:
     level_rate: float = 1000.0
     level_s: float = 10.0
-    ladder: tuple[float, ...] = (250.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0,
-                                 4000.0)
+    ladder: tuple[float, ...] = (250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0, 1750.0, 2000.0,
+                                 2500.0, 3000.0, 4000.0)
     step_s: float = 5.0
     soak_s: float = 60.0
     warmup_s: float = 2.0

@@ -121,9 +121,10 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
                                 spill=ParquetDecisionSink(root, worker=worker))
     else:
         if shared_state is not None:
-            from decisioning.sqlite_state import open_state
+            from decisioning.sqlite_state import REQUEST_BUSY_TIMEOUT_MS, open_state
 
-            shared_ledger, shared_frequency, shared_dedupe = open_state(shared_state)
+            shared_ledger, shared_frequency, shared_dedupe = open_state(
+                shared_state, busy_timeout_ms=REQUEST_BUSY_TIMEOUT_MS)
             ledger, frequency, dedupe = shared_ledger, shared_frequency, shared_dedupe
             stores = (shared_frequency, shared_dedupe)
         else:

@@ -469,7 +469,11 @@ class SqliteNoticeDedupe:
             now + self._purge_every_ms
 
     def forget(self, key: str) -> None:
-        self._db.change(self._busy_ms, "DELETE FROM notice_seen WHERE key = ?1", (key,))
+        # It undoes the mark of a notice that could not be applied: if it failed too,
+        # the exchange's retry would be answered "duplicate" and its spend never
+        # counted, so this rare call waits for the lock as long as off-path calls do.
+        self._db.change(max(self._busy_ms, BUSY_TIMEOUT_MS),
+                        "DELETE FROM notice_seen WHERE key = ?1", (key,))
 
     def close(self) -> None:
         self._db.close()
@@ -477,14 +481,23 @@ class SqliteNoticeDedupe:
 
 def open_state(path: str | Path, *, wall_ms: Callable[[], int] = _wall_ms,
                reservation_ttl_s: float = DEFAULT_RESERVATION_TTL_S,
+               busy_timeout_ms: int = BUSY_TIMEOUT_MS,
                ) -> tuple[SqliteBudgetLedger, SqliteFrequencyCounter, SqliteNoticeDedupe]:
     """Ledger, frequency counter and notice dedupe on one database file (created with
     its tables if missing); call in each worker process, ``close()`` each on shutdown.
-    The ledger's thread runs the file's WAL checkpoints for all three."""
+    The ledger's thread runs the file's WAL checkpoints for all three.
+
+    ``busy_timeout_ms``: the longest wait for the write lock off the decision path
+    (settle, increment, notice dedupe). The decision service passes
+    ``REQUEST_BUSY_TIMEOUT_MS``: its notice routes run on the event loop with the
+    in-process backend, and a notice that finds the store busy is better answered 503
+    (the exchange retries) than holding every auction behind it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return (SqliteBudgetLedger(path, wall_ms=wall_ms, reservation_ttl_s=reservation_ttl_s),
-            SqliteFrequencyCounter(path, autocheckpoint=False),
-            SqliteNoticeDedupe(path, wall_ms=wall_ms, autocheckpoint=False))
+    return (SqliteBudgetLedger(path, wall_ms=wall_ms, reservation_ttl_s=reservation_ttl_s,
+                               busy_timeout_ms=busy_timeout_ms),
+            SqliteFrequencyCounter(path, autocheckpoint=False, busy_timeout_ms=busy_timeout_ms),
+            SqliteNoticeDedupe(path, wall_ms=wall_ms, autocheckpoint=False,
+                               busy_timeout_ms=busy_timeout_ms))
 
 
 __all__ = ["BUSY_TIMEOUT_MS", "REQUEST_BUSY_TIMEOUT_MS", "SqliteBudgetLedger",
