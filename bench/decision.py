@@ -157,9 +157,11 @@ def decision_worker_app(index: int, count: int, home: str, port: int, campaigns:
     svc = build_decision_service(world, Path(campaigns), Path(log_root),
                                  f"http://127.0.0.1:{port}/notice", worker=(index, count),
                                  shared_state=Path(state))
-    yield create_app(svc.engine, notices=svc.notices)   # its lifespan closes both
-    for store in svc.stores:
-        store.close()
+    try:
+        yield create_app(svc.engine, notices=svc.notices)   # its lifespan closes both
+    finally:
+        for store in svc.stores:
+            store.close()
 
 
 def serve_decision_workers(home: str, port: int, campaigns: str, log_root: str,

@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 from collections import deque
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -110,26 +110,27 @@ def _worker_main(factory: str, args: tuple[Any, ...], index: int, count: int, ho
                      name="watch-supervisor").start()
     from decisioning.server import serve
 
-    try:
-        cm: AbstractContextManager[Any] = _load(factory)(index, count, *args)
-        app = cm.__enter__()
-        sock = bind_socket(host, port)
-    except BaseException as exc:
-        ready.put((index, f"{type(exc).__name__}: {exc}"))
-        raise
-    try:
+    with ExitStack() as stack:
+        try:
+            cm: AbstractContextManager[Any] = _load(factory)(index, count, *args)
+            app = stack.enter_context(cm)
+            sock = stack.enter_context(bind_socket(host, port))
+        except BaseException as exc:
+            ready.put((index, f"{type(exc).__name__}: {exc}"))
+            raise
         ready.put((index, None))
         go.wait()
-        serve(app, host=host, port=port, sock=sock, **serve_kwargs)
-    finally:
-        cm.__exit__(None, None, None)
+        try:
+            serve(app, host=host, port=port, sock=sock, **serve_kwargs)
+        except SystemExit as exc:     # the SIGTERM uvicorn re-raised after draining
+            if exc.code not in (0, None):
+                raise
 
 
 def serve_workers(factory: str, args: tuple[Any, ...] = (), *, workers: int,
                   host: str = "127.0.0.1", port: int = 8080, graceful_timeout_s: int = 10,
                   start_timeout_s: float = 600.0, max_restarts: int = 5,
-                  serve_kwargs: dict[str, Any] | None = None,
-                  on_listening: Any = None) -> int:
+                  serve_kwargs: dict[str, Any] | None = None) -> int:
     """Run ``workers`` processes serving ``factory``'s app on ``host:port`` until SIGTERM
     or SIGINT (see the module docstring); returns 0 after a requested stop, 1 after too
     many restarts.
@@ -137,8 +138,7 @@ def serve_workers(factory: str, args: tuple[Any, ...] = (), *, workers: int,
     ``factory`` is ``"module:function"``, called in each worker as
     ``function(i, n, *args)`` and returning a context manager that yields the app
     (entered before serving, exited after). ``serve_kwargs`` go to
-    :func:`decisioning.server.serve`. ``on_listening(port)`` is called once every
-    worker listens.
+    :func:`decisioning.server.serve`.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -168,8 +168,6 @@ def serve_workers(factory: str, args: tuple[Any, ...] = (), *, workers: int,
         _await_ready(procs, ready, stop, start_timeout_s)
         go.set()
         log.info("%d workers serve on %s:%d", workers, host, port)
-        if on_listening is not None and not stop.is_set():
-            on_listening(port)
         return _supervise(procs, start, stop, max_restarts, ready)
     finally:
         _stop_all(procs, graceful_timeout_s + 15.0)
