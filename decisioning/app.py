@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from decisioning.clock import Clock, SystemClock
 from decisioning.engine import DecisionEngine
 from decisioning.errors import InvalidRequest
-from decisioning.metrics import DecisionCollector
+from decisioning.metrics import DecisionCollector, WorkerMetrics, metric_values
 from decisioning.notices import (
     InvalidNotice,
     NoticeKind,
@@ -270,8 +270,12 @@ _JSON_HEADERS: _Headers = [(b"content-type", _JSON.encode())]
 
 def create_app(engine: DecisionEngine, *, api_keys: Sequence[str] = (),
                decide_in_threadpool: bool = False, max_body_bytes: int = 1 << 20,
-               notices: NoticeService | None = None, docs: bool = True) -> FastAPI:
+               notices: NoticeService | None = None, docs: bool = True,
+               worker_metrics: WorkerMetrics | None = None) -> FastAPI:
     """The decision API over ``engine`` (and ``notices`` when given).
+
+    ``worker_metrics``: this process is one of several workers serving the port;
+    ``/metrics`` answers for all of them (:class:`decisioning.metrics.WorkerMetrics`).
 
     ``api_keys``: when given, bid routes need ``X-API-Key: <key>`` or
     ``Authorization: Bearer <key>`` (401 otherwise); health and notice routes stay open
@@ -279,16 +283,22 @@ def create_app(engine: DecisionEngine, *, api_keys: Sequence[str] = (),
     """
     keys = tuple(k.encode() for k in api_keys if k)
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(DecisionCollector(engine, notices))
+    registry.register(DecisionCollector(engine, notices, worker_metrics))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if worker_metrics is not None:
+            worker_metrics.start(lambda: metric_values(engine, notices))
         yield
         try:
             await anyio.to_thread.run_sync(engine.close)
         finally:
-            if notices is not None:
-                await anyio.to_thread.run_sync(notices.close)
+            try:
+                if notices is not None:
+                    await anyio.to_thread.run_sync(notices.close)
+            finally:
+                if worker_metrics is not None:      # the final counts, for the others
+                    await anyio.to_thread.run_sync(worker_metrics.close)
 
     app = _DecisionAPI(title="AdPlatform decisioning", lifespan=lifespan,
                   docs_url="/docs" if docs else None, redoc_url=None,

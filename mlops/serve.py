@@ -186,11 +186,15 @@ def keep_torch_out() -> bool:
 @contextmanager
 def decision_app(settings: Settings, *, host: str, port: int,
                  watch_interval_s: float | None = 5.0, worker: tuple[int, int] = (0, 1),
-                 shared_state: Path | None = None,
-                 log_root: Path | None = None) -> Iterator[FastAPI]:
+                 shared_state: Path | None = None, log_root: Path | None = None,
+                 metrics_dir: Path | None = None) -> Iterator[FastAPI]:
     """The app ``adplatform serve`` runs (one per worker process), with its registry
     sidecar and alias watcher stopped when the block exits. The engine closes (and the
-    logs flush) in the app's lifespan; ``log_root``: see :func:`build_decision_service`."""
+    logs flush) in the app's lifespan; ``log_root``: see :func:`build_decision_service`.
+    ``metrics_dir``: where the workers of one service pool their metrics
+    (:class:`decisioning.metrics.WorkerMetrics`)."""
+    from decisioning.metrics import WorkerMetrics
+
     keep_torch_out()
 
     from serving.watcher import watch_backend
@@ -213,7 +217,9 @@ def decision_app(settings: Settings, *, host: str, port: int,
         try:
             # A remote backend blocks on the network: decide in the thread pool then.
             yield create_app(engine, notices=svc.notices, api_keys=settings.api_keys,
-                             decide_in_threadpool=settings.backend != "onnx")
+                             decide_in_threadpool=settings.backend != "onnx",
+                             worker_metrics=(WorkerMetrics(metrics_dir, worker[0])
+                                             if metrics_dir is not None else None))
         finally:
             if watcher is not None:
                 watcher.stop()
@@ -225,10 +231,12 @@ def decision_app(settings: Settings, *, host: str, port: int,
 
 def worker_app(index: int, count: int, settings: Settings, host: str, port: int,
                watch_interval_s: float | None, shared_state: Path | None,
-               log_root: Path | None = None) -> AbstractContextManager[FastAPI]:
+               log_root: Path | None = None, metrics_dir: Path | None = None
+               ) -> AbstractContextManager[FastAPI]:
     """:func:`decisioning.workers.serve_workers`' factory: worker ``index`` of ``count``."""
     return decision_app(settings, host=host, port=port, watch_interval_s=watch_interval_s,
-                        worker=(index, count), shared_state=shared_state, log_root=log_root)
+                        worker=(index, count), shared_state=shared_state, log_root=log_root,
+                        metrics_dir=metrics_dir)
 
 
 def shared_state_path(settings: Settings) -> Path | None:
@@ -247,14 +255,28 @@ def run_server(settings: Settings, *, host: str, port: int,
     from decisioning.server import serve
 
     if workers > 1:
+        import os
+        import shutil
+
         from decisioning.workers import serve_workers
 
         state = shared_state_path(settings)
         if state is not None:
             state.parent.mkdir(parents=True, exist_ok=True)
-        return serve_workers("mlops.serve:worker_app",
-                             (settings, host, port, watch_interval_s, state),
-                             workers=workers, host=host, port=port)
+        # The workers' pooled metrics: this run's own folder, removed when it ends.
+        metrics = settings.workspace.ensure().root / "state" / f"metrics-{os.getpid()}"
+        try:
+            return serve_workers("mlops.serve:worker_app",
+                                 (settings, host, port, watch_interval_s, state, None,
+                                  metrics),
+                                 workers=workers, host=host, port=port)
+        finally:
+            try:
+                shutil.rmtree(metrics)
+            except FileNotFoundError:
+                pass                                   # no worker got as far as publishing
+            except OSError as exc:
+                log.warning("worker metrics folder %s not removed: %s", metrics, exc)
     with decision_app(settings, host=host, port=port,
                       watch_interval_s=watch_interval_s) as app:
         # Arrival stamps at parse time, long keep-alive, gc.freeze of start-up objects.

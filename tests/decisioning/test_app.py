@@ -280,3 +280,29 @@ async def test_fast_path_answers_like_the_routed_path(make_engine: Any) -> None:
     fast, routed = await answers(""), await answers("/behind-a-proxy")
     assert [s for s, *_ in fast] == [200, 200, 204, 400, 401, 413]
     assert fast == routed
+
+
+async def test_worker_metrics_answer_for_every_worker(make_engine: Any, tmp_path: Path
+                                                      ) -> None:
+    from decisioning.metrics import WorkerMetrics
+
+    folder = tmp_path / "metrics"
+    body = b'{"id": "%d", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}'
+    # two workers of one service: one app each, one metrics folder
+    app0 = create_app(make_engine(), worker_metrics=WorkerMetrics(folder, 0, interval_s=60))
+    app1 = create_app(make_engine(), worker_metrics=WorkerMetrics(folder, 1, interval_s=60))
+    async with serve(app1) as c1:
+        for i in range(3):
+            assert (await c1.post(BID_26, content=body % i)).status_code == 200
+    # worker 1 stopped: its final values were published on shutdown
+    async with serve(app0) as c0:
+        assert (await c0.post(BID_26, content=body % 9)).status_code == 200
+        text = (await c0.get("/metrics")).text
+        assert "adplatform_bid_requests_total 4.0" in text        # 1 live + 3 published
+        assert 'adplatform_decisions_total{outcome="bid"} 4.0' in text
+        assert 'adplatform_decision_latency_seconds_count 4.0' in text
+    # a replacement for worker 1 starts from its predecessor's counts: no fall
+    again = create_app(make_engine(), worker_metrics=WorkerMetrics(folder, 1, interval_s=60))
+    async with serve(again) as c:
+        text = (await c.get("/metrics")).text
+        assert "adplatform_bid_requests_total 4.0" in text

@@ -1,12 +1,14 @@
 """``adplatform serve --workers 2`` on the trained workspace: two processes on one port
-decide, log every decision once between them, and share budgets and notice dedupe (a
-notice reaches whichever worker its connection landed on, not the one that bid)."""
+decide, log every decision once between them, share budgets and notice dedupe (a
+notice reaches whichever worker its connection landed on, not the one that bid), and
+answer every ``/metrics`` scrape for both."""
 
 from __future__ import annotations
 
 import json
 import socket
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +38,12 @@ def _part_numbers(root: Path, table: str, ids: set[str]) -> set[int]:
         if ids & set(pq.read_table(f, columns=["request_id"]).column(0).to_pylist()):
             parts.add(int(f.stem.split("-")[1]))
     return parts
+
+
+def _scraped_requests(url: str) -> int:
+    text = httpx.get(f"{url}/metrics", timeout=10).text      # a new connection each time
+    line = next(m for m in text.splitlines() if m.startswith("adplatform_bid_requests_total "))
+    return int(float(line.split()[1]))
 
 
 def test_two_workers_log_once_and_share_budgets_and_notice_dedupe(
@@ -73,6 +81,13 @@ def test_two_workers_log_once_and_share_budgets_and_notice_dedupe(
                 assert (first, again) == ("recorded", "duplicate"), (kind, url)
             cid = resp["seatbid"][0]["bid"][0]["cid"]     # the campaign that bid
             billed[cid] = billed.get(cid, 0) + 2500
+        # every scrape, whichever worker answers it, counts both workers' requests
+        # (the other worker's values are at most its 1 s publishing interval behind)
+        deadline = time.monotonic() + 60
+        while _scraped_requests(service.url) != len(answered):
+            assert time.monotonic() < deadline, "the workers' metrics never added up"
+            time.sleep(0.5)
+        assert {_scraped_requests(service.url) for _ in range(10)} == {len(answered)}
     finally:
         service.stop()                         # SIGTERM: both workers flush their logs
     assert service.proc.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
