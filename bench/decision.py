@@ -166,7 +166,9 @@ def decision_worker_app(index: int, count: int, home: str, port: int, campaigns:
 
 def serve_decision_workers(home: str, port: int, campaigns: str, log_root: str,
                            workers: int) -> None:
-    """Subprocess entry: the decision service as ``adplatform serve --workers N`` runs it."""
+    """Subprocess entry: the decision service as ``adplatform serve --workers N`` runs it
+    (like the one-process row, without the registry sidecar; and without the pooled
+    ``/metrics`` files, which nothing scrapes here)."""
     from decisioning.workers import serve_workers
 
     state = Path(log_root) / "state.sqlite"
