@@ -74,7 +74,7 @@ class DecisionBenchConfig:
     n_bodies: int = 20_000
     seed: int = 99
     workers: int = 2          # the multi-worker row: one per core of the 2-core dev machine
-    worker_warm_conns: int = 16  # a kernel-hashed spread of 16 is about even over 2 workers
+    worker_warm_conns: int = 16  # hashed over 2 workers by the kernel: 8 ± 2 each
 
     @classmethod
     def quick(cls) -> DecisionBenchConfig:
@@ -157,11 +157,7 @@ def decision_worker_app(index: int, count: int, home: str, port: int, campaigns:
     svc = build_decision_service(world, Path(campaigns), Path(log_root),
                                  f"http://127.0.0.1:{port}/notice", worker=(index, count),
                                  shared_state=Path(state))
-    try:
-        yield create_app(svc.engine, notices=svc.notices)   # its lifespan closes both
-    finally:
-        for store in svc.stores:
-            store.close()
+    yield create_app(svc.engine, notices=svc.notices)   # its lifespan closes the service
 
 
 def serve_decision_workers(home: str, port: int, campaigns: str, log_root: str,
@@ -171,10 +167,9 @@ def serve_decision_workers(home: str, port: int, campaigns: str, log_root: str,
     ``/metrics`` files, which nothing scrapes here)."""
     from decisioning.workers import serve_workers
 
-    state = Path(log_root) / "state.sqlite"
-    state.parent.mkdir(parents=True, exist_ok=True)
     serve_workers("bench.decision:decision_worker_app",
-                  (home, port, campaigns, log_root, str(state)), workers=workers,
+                  (home, port, campaigns, log_root, str(Path(log_root) / "state.sqlite")),
+                  workers=workers,
                   host="127.0.0.1", port=port)
 
 

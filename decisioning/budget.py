@@ -260,5 +260,5 @@ class InMemoryBudgetLedger:
 
 
 __all__ = ["DEFAULT_RESERVATION_TTL_S", "MICROS_PER_DOLLAR", "BudgetLedger",
-           "BudgetUnavailable", "CommittedSnapshot", "InMemoryBudgetLedger", "InvalidAmount", "cpm_to_micros",
-           "micros_to_dollars", "to_micros"]
+           "BudgetUnavailable", "CommittedSnapshot", "InMemoryBudgetLedger", "InvalidAmount",
+           "cpm_to_micros", "micros_to_dollars", "to_micros"]

@@ -8,9 +8,9 @@ to the engine, so time a request spends queued in the event loop behind other wo
 budget is shed with a no-bid at once. Time spent in the kernel's socket buffer before
 the loop reads it is not seen (the same for any user-space server).
 
-:func:`serve` runs one process (:mod:`decisioning.workers` runs several); uvicorn turns SIGTERM into a graceful shutdown (stop
-accepting, finish in-flight requests, run the lifespan, which closes the engine and
-flushes the decision and notice logs).
+:func:`serve` runs one process (:mod:`decisioning.workers` runs several); uvicorn
+turns SIGTERM into a graceful shutdown (stop accepting, finish in-flight requests, run
+the lifespan, which closes the engine and flushes the decision and notice logs).
 """
 
 from __future__ import annotations

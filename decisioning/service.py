@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from adplatform.config import Settings
 from decisioning.budget import BudgetLedger, InMemoryBudgetLedger
@@ -53,19 +52,12 @@ from serving.base import ModelBackend
 class DecisionService:
     engine: DecisionEngine
     notices: NoticeService
-    # State stores the engine and notices do not own (closed last): the shared SQLite
-    # frequency counter and notice dedupe (the campaign store closes the ledger).
-    stores: tuple[Any, ...] = ()
 
     def close(self) -> None:
         try:
             self.engine.close()
         finally:
-            try:
-                self.notices.close()
-            finally:
-                for store in self.stores:
-                    store.close()
+            self.notices.close()
 
 
 def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: ModelBackend,
@@ -100,7 +92,6 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
     dedupe: NoticeDedupe
     campaigns: CampaignStore
     sink: DecisionSink
-    stores: tuple[Any, ...] = ()
     if settings.profile == "services":
         from decisioning.campaign_repo import PostgresCampaignRepository, PostgresCampaignStore
         from decisioning.frequency import RedisFrequencyCounter
@@ -123,10 +114,9 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
         if shared_state is not None:
             from decisioning.sqlite_state import REQUEST_BUSY_TIMEOUT_MS, open_state
 
-            shared_ledger, shared_frequency, shared_dedupe = open_state(
-                shared_state, busy_timeout_ms=REQUEST_BUSY_TIMEOUT_MS)
-            ledger, frequency, dedupe = shared_ledger, shared_frequency, shared_dedupe
-            stores = (shared_frequency, shared_dedupe)
+            # the campaign store closes the ledger, and the ledger the other two
+            ledger, frequency, dedupe = open_state(shared_state,
+                                                   busy_timeout_ms=REQUEST_BUSY_TIMEOUT_MS)
         else:
             ledger = InMemoryBudgetLedger(clock=clock)
             frequency = InMemoryFrequencyCounter()
@@ -145,7 +135,7 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
                             sink=ParquetNoticeSink(root, worker=worker),
                             frequency=frequency, clock=clock, currency=cfg.currency,
                             fx_rates=cfg.fx_rates)
-    return DecisionService(engine, notices, stores)
+    return DecisionService(engine, notices)
 
 
 __all__ = ["DecisionService", "build_service"]

@@ -25,7 +25,7 @@ asked about; this process's own reservations are added at once. That thread also
 the WAL checkpoints (``wal_autocheckpoint`` is off for the ledger's connections, and
 for the others :func:`open_state` makes), so no request pays for copying the WAL: with
 SQLite's automatic ones, past 1,000 frames every commit checkpoints until the WAL
-starts over (two processes reserving every 200 µs: median 200-270 µs, not 75-100).
+starts over, and under steady writes from several processes it rarely does.
 
 Threads: one connection per thread and store (``threading.local``; after ``fork`` the
 child opens its own). Only its thread uses a connection, and ``close()`` closes them all.
@@ -36,10 +36,12 @@ becomes :class:`BudgetUnavailable`, :class:`FrequencyUnavailable` or
 last values. Waiting for the write lock: the decision path (``reserve``, ``release``
 of a late bid, ``counts``) waits at most ``request_busy_timeout_ms`` = 50 ms, as long
 as the Redis client's socket timeout: the decision budget is ``tmax − margin`` (90 ms
-by default) and the event loop stands still meanwhile. Notice-path calls (thread pool;
-a 503 makes the exchange retry) wait up to ``busy_timeout_ms`` = 2 s. A transaction
-holds the lock for tens of µs, so the waits run out only when writers saturate the
-file (tens of thousands of transactions a second) or a process stalls holding it.
+by default) and the event loop stands still meanwhile. The other calls wait up to
+``busy_timeout_ms``: 2 s by default, 50 ms in the decision service, whose notice routes
+run on the event loop (a 503 makes the exchange retry); ``forget`` always waits up to
+2 s (see :meth:`SqliteNoticeDedupe.forget`). A transaction holds the lock only for a
+few statements, so the waits run out when writers saturate the file or a process
+stalls holding it.
 """
 
 from __future__ import annotations
@@ -145,9 +147,8 @@ class _Db:
 
     Connections run with ``busy_timeout=0``: :meth:`run` waits for the lock itself,
     trying again every 50-200 µs. SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20 ms…
-    between tries, so a 50 ms wait made ~6 tries and missed the µs gaps between other
-    processes' transactions (two processes reserving flat out: 3-6 timeouts in 10,000
-    and 50 ms maxima, against 0-1 and mostly < 15 ms with this loop).
+    between tries, so a 50 ms wait makes about 6 tries and misses the short gaps
+    between other processes' transactions.
     """
 
     def __init__(self, path: str | Path, error: type[DecisionError], what: str, *,
@@ -251,6 +252,9 @@ class SqliteBudgetLedger:
         self._wall_ms = wall_ms
         self._busy_ms, self._request_busy_ms = busy_timeout_ms, request_busy_timeout_ms
         self._snap = CommittedSnapshot()
+        # Stores on the same file that close with this ledger (set by open_state): the
+        # file's checkpoints run in this ledger's thread, so they live as long as it.
+        self._companions: tuple[SqliteFrequencyCounter | SqliteNoticeDedupe, ...] = ()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._background, daemon=True,
                                         name="budget-snapshot")
@@ -317,10 +321,10 @@ class SqliteBudgetLedger:
                 self._stop.wait(1.0)
 
     def _checkpoint(self) -> None:
-        """Copy the WAL into the database file (PASSIVE: blocks no one, ~3 µs a page).
-        Under steady writes the WAL never starts over (a writer restarts it only when
-        it was copied in full), so past ``_RESTART_FRAMES`` a RESTART checkpoint holds
-        the write lock while it copies the few frames left (~1 ms, fsync included)."""
+        """Copy the WAL into the database file (PASSIVE: blocks no one). Under steady
+        writes the WAL never starts over (a writer restarts it only when it was copied
+        in full), so past ``_RESTART_FRAMES`` a RESTART checkpoint holds the write lock
+        while it copies the few frames left (and syncs)."""
         (_, frames, _), = self._db.rows(self._busy_ms, "PRAGMA wal_checkpoint(PASSIVE)", ())
         for _ in range(20 if frames > _RESTART_FRAMES else 0):
             (busy, _, _), = self._db.rows(self._busy_ms, "PRAGMA wal_checkpoint(RESTART)", ())
@@ -384,10 +388,14 @@ class SqliteBudgetLedger:
         self._settle(campaign_id, None, to_micros(amount), day)
 
     def close(self) -> None:
+        """Stop the background thread; close this ledger's connections, then those of
+        the stores :func:`open_state` opened with it."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._db.close()
+        for store in self._companions:
+            store.close()
 
 
 class SqliteFrequencyCounter:
@@ -484,8 +492,9 @@ def open_state(path: str | Path, *, wall_ms: Callable[[], int] = _wall_ms,
                busy_timeout_ms: int = BUSY_TIMEOUT_MS,
                ) -> tuple[SqliteBudgetLedger, SqliteFrequencyCounter, SqliteNoticeDedupe]:
     """Ledger, frequency counter and notice dedupe on one database file (created with
-    its tables if missing); call in each worker process, ``close()`` each on shutdown.
-    The ledger's thread runs the file's WAL checkpoints for all three.
+    its tables if missing); call in each worker process. The ledger's thread runs the
+    file's WAL checkpoints for all three, and closing the ledger closes all three (the
+    campaign store that holds the ledger closes it on shutdown).
 
     ``busy_timeout_ms``: the longest wait for the write lock off the decision path
     (settle, increment, notice dedupe). The decision service passes
@@ -493,11 +502,14 @@ def open_state(path: str | Path, *, wall_ms: Callable[[], int] = _wall_ms,
     in-process backend, and a notice that finds the store busy is better answered 503
     (the exchange retries) than holding every auction behind it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return (SqliteBudgetLedger(path, wall_ms=wall_ms, reservation_ttl_s=reservation_ttl_s,
-                               busy_timeout_ms=busy_timeout_ms),
-            SqliteFrequencyCounter(path, autocheckpoint=False, busy_timeout_ms=busy_timeout_ms),
-            SqliteNoticeDedupe(path, wall_ms=wall_ms, autocheckpoint=False,
-                               busy_timeout_ms=busy_timeout_ms))
+    ledger = SqliteBudgetLedger(path, wall_ms=wall_ms, reservation_ttl_s=reservation_ttl_s,
+                                busy_timeout_ms=busy_timeout_ms)
+    counter = SqliteFrequencyCounter(path, autocheckpoint=False,
+                                     busy_timeout_ms=busy_timeout_ms)
+    dedupe = SqliteNoticeDedupe(path, wall_ms=wall_ms, autocheckpoint=False,
+                                busy_timeout_ms=busy_timeout_ms)
+    ledger._companions = (counter, dedupe)
+    return ledger, counter, dedupe
 
 
 __all__ = ["BUSY_TIMEOUT_MS", "REQUEST_BUSY_TIMEOUT_MS", "SqliteBudgetLedger",

@@ -41,6 +41,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
@@ -199,7 +200,8 @@ def _await_ready(procs: dict[int, BaseProcess], ready: Queue[tuple[int, str | No
         waiting.discard(index)
 
 
-def _supervise(procs: dict[int, BaseProcess], start: Any, stop: threading.Event,
+def _supervise(procs: dict[int, BaseProcess], start: Callable[[int], None],
+               stop: threading.Event,
                max_restarts: int, ready: Queue[tuple[int, str | None]]) -> int:
     import queue
 

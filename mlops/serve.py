@@ -223,8 +223,6 @@ def decision_app(settings: Settings, *, host: str, port: int,
         finally:
             if watcher is not None:
                 watcher.stop()
-            for store in svc.stores:       # the app's lifespan closed engine and notices
-                store.close()
     finally:
         registry.close()
 
@@ -261,8 +259,6 @@ def run_server(settings: Settings, *, host: str, port: int,
         from decisioning.workers import serve_workers
 
         state = shared_state_path(settings)
-        if state is not None:
-            state.parent.mkdir(parents=True, exist_ok=True)
         # The workers' pooled metrics: this run's own folder, removed when it ends.
         metrics = settings.workspace.ensure().root / "state" / f"metrics-{os.getpid()}"
         try:

@@ -28,6 +28,7 @@ from decisioning import (
     ManualClock,
     MemorySink,
     create_app,
+    parse_request,
 )
 from features.context import AdRef, RequestContext
 from features.errors import StoreUnavailable
@@ -113,6 +114,23 @@ def _campaign(cid: str, creatives: list[dict[str, Any]], *, cpc: float | None = 
             "targeting": {"countries": [], "device_types": [], "domains": [], "formats": [],
                           "segments": [], **(targeting or {})},
             "creatives": creatives}
+
+
+def check_budget_refusals(ledger: Any, campaign_file: Path,
+                          engine_for: Callable[[FileCampaignStore], DecisionEngine],
+                          clock: ManualClock) -> None:
+    """A shared ledger under the engine: c01 with a $0.01 daily budget bids twice (5.6
+    CPM: 5,600 µ$ reserved a bid), then is refused; the reservations are in the ledger."""
+    doc = campaign_doc()
+    doc["campaigns"][0]["daily_budget"] = 0.01
+    campaign_file.write_text(json.dumps(doc))
+    engine = engine_for(FileCampaignStore(campaign_file, ledger=ledger))
+    body = {"at": 1, "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}
+    results = [engine.decide(parse_request(json.dumps({**body, "id": f"r{i}"})),
+                             clock.monotonic()) for i in range(4)]
+    assert [r is not None for r in results] == [True, True, False, False]
+    assert ledger.reserved_micros("c01") == 11200
+    engine.close()
 
 
 def campaign_doc() -> dict[str, Any]:

@@ -34,7 +34,7 @@ from decisioning.frequency import FrequencyUnavailable, RedisFrequencyCounter
 from decisioning.notices import RedisNoticeDedupe
 from decisioning.redis_budget import RedisBudgetLedger, redis_client
 
-from .conftest import FixedBackend, ZeroFeaturizer, campaign_doc
+from .conftest import FixedBackend, ZeroFeaturizer, campaign_doc, check_budget_refusals
 
 pytestmark = pytest.mark.services
 
@@ -139,23 +139,15 @@ def test_redis_caps_dedupe_and_notices_shared_by_two_processes(prefix: str) -> N
 
 
 def test_engine_with_the_redis_ledger(prefix: str, campaign_file: Path) -> None:
-    from decisioning import FileCampaignStore
-
-    doc = campaign_doc()
-    doc["campaigns"][0]["daily_budget"] = 0.01
-    campaign_file.write_text(json.dumps(doc))
     clock = ManualClock()
     ledger = RedisBudgetLedger(redis_client(REDIS), prefix=prefix, refresh_s=0.01)
-    engine = DecisionEngine(featurizer=ZeroFeaturizer(), models=FixedBackend(),
-                            campaigns=FileCampaignStore(campaign_file, ledger=ledger),
-                            sink=MemorySink(), clock=clock,
-                            config=EngineConfig(notice_base_url="http://b/notice"))
-    body = {"at": 1, "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}
-    results = [engine.decide(parse_request(json.dumps({**body, "id": f"r{i}"})),
-                             clock.monotonic()) for i in range(4)]
-    assert [r is not None for r in results] == [True, True, False, False]
-    assert ledger.reserved_micros("c01") == 11200
-    engine.close()
+    check_budget_refusals(
+        ledger, campaign_file,
+        lambda campaigns: DecisionEngine(
+            featurizer=ZeroFeaturizer(), models=FixedBackend(), campaigns=campaigns,
+            sink=MemorySink(), clock=clock,
+            config=EngineConfig(notice_base_url="http://b/notice")),
+        clock)
 
 
 # --------------------------------------------------------------------------- PostgreSQL

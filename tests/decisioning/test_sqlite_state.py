@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import sqlite3
 from collections.abc import Iterator
@@ -16,13 +15,11 @@ import pytest
 from decisioning import (
     BudgetUnavailable,
     EngineConfig,
-    FileCampaignStore,
     FrequencyUnavailable,
     InvalidAmount,
     ManualClock,
     MemoryNoticeSink,
     NoticeService,
-    parse_request,
 )
 from decisioning.budget import BudgetLedger
 from decisioning.frequency import FrequencyCounter
@@ -34,7 +31,7 @@ from decisioning.sqlite_state import (
     open_state,
 )
 
-from .conftest import EngineFactory, campaign_doc
+from .conftest import EngineFactory, check_budget_refusals
 
 DAY = date(2024, 1, 1)
 
@@ -84,6 +81,16 @@ def test_implements_the_protocols(db: Path) -> None:
     finally:
         for store in (ledger, counter, dedupe):
             store.close()
+
+
+def test_closing_the_ledger_closes_the_stores_opened_with_it(db: Path) -> None:
+    ledger, counter, dedupe = open_state(db)
+    assert counter.increment("u", "c", DAY) == 1 and dedupe.first("k")
+    ledger.close()                   # what the campaign store does on shutdown
+    with pytest.raises(FrequencyUnavailable, match="closed"):
+        counter.increment("u", "c", DAY)
+    with pytest.raises(NoticeStoreUnavailable, match="closed"):
+        dedupe.first("k2")
 
 
 def test_reserve_settle_release_and_expiry(ledger: SqliteBudgetLedger, wall: Wall) -> None:
@@ -295,18 +302,11 @@ def test_notice_dedupe_first_once_within_the_ttl(db: Path, wall: Wall) -> None:
 
 def test_engine_with_the_sqlite_ledger(make_engine: EngineFactory, campaign_file: Path,
                                        clock: ManualClock, db: Path) -> None:
-    doc = campaign_doc()
-    doc["campaigns"][0]["daily_budget"] = 0.01              # 5.6 CPM → 5600 µ$ a bid
-    campaign_file.write_text(json.dumps(doc))
-    ledger = SqliteBudgetLedger(db, refresh_s=60)
-    engine = make_engine(campaigns=FileCampaignStore(campaign_file, ledger=ledger),
-                         config=EngineConfig(notice_base_url="http://b/notice"))
-    body = {"at": 1, "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]}
-    results = [engine.decide(parse_request(json.dumps({**body, "id": f"r{i}"})),
-                             clock.monotonic()) for i in range(4)]
-    assert [r is not None for r in results] == [True, True, False, False]
-    assert ledger.reserved_micros("c01") == 11200
-    engine.close()
+    check_budget_refusals(
+        SqliteBudgetLedger(db, refresh_s=60), campaign_file,
+        lambda campaigns: make_engine(
+            campaigns=campaigns, config=EngineConfig(notice_base_url="http://b/notice")),
+        clock)
 
 
 def test_notices_shared_by_two_processes(db: Path) -> None:
