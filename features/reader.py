@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from features import _kernels
 from features.context import AdRef, RequestContext
 from features.errors import FeatureStoreError, StoreUnavailable
 from features.ivt import IVT_COLUMNS, ivt_values
@@ -42,10 +43,7 @@ from features.vectorize import (
     SHADING_RAW,
     ColumnBlock,
     ColumnLayout,
-    ctr_matrix,
     format_code,
-    fraud_matrix,
-    shading_matrix,
 )
 from serving.base import AuctionInputs
 
@@ -182,6 +180,7 @@ class OnlineReader:
         self.feature_service = "ctr_v1"
         self._shared_data = shared_data
         self._plan = _AuctionPlan(self._fields)
+        _kernels.warm(self._plan.layout)  # compile now, not on the first auction
         self._sqlite_cfg = cfg
         self._sqlite: sqlite3.Connection | None = None
         self._sqlite_lock = threading.Lock()
@@ -470,9 +469,10 @@ def inputs_from_values(values: Mapping[str, float], ctx: RequestContext,
 
 
 def _inputs(cols: ColumnBlock) -> AuctionInputs:
+    # The compiled builders: the same matrices as features.vectorize's, bit for bit.
     one = cols.head(1)                    # the fraud and shading models see the request once
-    return AuctionInputs(ctr=ctr_matrix(cols), fraud=fraud_matrix(one),
-                         shading=shading_matrix(one))
+    return AuctionInputs(ctr=_kernels.ctr_matrix(cols), fraud=_kernels.fraud_matrix(one),
+                         shading=_kernels.shading_matrix(one))
 
 
 def context_columns(ctx: RequestContext, ads: Sequence[AdRef]) -> dict[str, np.ndarray]:
