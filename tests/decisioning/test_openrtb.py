@@ -160,3 +160,23 @@ def test_parse_accepts_str_and_bytes(iab26: Path) -> None:
     text = (iab26 / "request_1_simple_banner.json").read_text()
     assert parse_request(text) == parse_request(text.encode())
     assert load(iab26 / "request_1_simple_banner.json")["id"] == parse_request(text).id
+
+
+def test_construct_equals_model_construct() -> None:
+    """The engine's response builder is pydantic's model_construct, minus its cost."""
+    from decisioning.openrtb_response import Bid, SeatBid, construct
+
+    kw = {"id": "b1", "impid": "1", "price": 1.25, "adid": "cr1", "crid": "cr1",
+          "adomain": ["a.example"], "w": 300, "h": 250, "mtype": 1}
+    ours = construct(BidResponse, id="r1", cur="USD",
+                     seatbid=[construct(SeatBid, bid=[construct(Bid, **kw)], seat="s")])
+    theirs = BidResponse.model_construct(
+        id="r1", cur="USD",
+        seatbid=[SeatBid.model_construct(bid=[Bid.model_construct(**kw)], seat="s")])
+    assert ours == theirs
+    assert ours.to_json() == theirs.to_json()
+    assert ours.model_fields_set == theirs.model_fields_set == {"id", "cur", "seatbid"}
+    assert BidResponse.model_validate_json(ours.to_json()) == ours
+    # default factories run per instance: no list shared between two responses
+    a, b = construct(BidResponse, id="a"), construct(BidResponse, id="b")
+    assert a.seatbid == [] and a.seatbid is not b.seatbid
