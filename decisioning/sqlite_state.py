@@ -11,8 +11,10 @@ Tables (every statement below is a primary-key or index lookup)::
     notice_seen      key -> expiry_ms  (index expiry_ms)    notices seen
 
 Atomicity: ``reserve`` is one ``BEGIN IMMEDIATE`` transaction (the file's single write
-lock, taken up front so no read-to-write upgrade can fail): drop the campaign's expired
-reservations, read spend + reservation total, insert. However many processes bid, a
+lock, taken up front so no read-to-write upgrade can fail) whose one ``INSERT … SELECT
+… WHERE`` inserts the reservation when spend + live reservations are under the budget;
+a refusal or a reused key takes the step-by-step path (purge the campaign's expired
+reservations, read spend + reservation total, insert). However many processes bid, a
 day's commitments pass the budget by at most the reservation that crossed it, as with
 :class:`decisioning.redis_budget.RedisBudgetLedger` (reservations count per campaign,
 whatever their day). ``settle`` and ``increment`` are single transactions too; ``first``
@@ -21,7 +23,8 @@ whether the key was new. Reads ignore reservations with ``expiry_ms <= now``.
 
 :meth:`SqliteBudgetLedger.committed_micros` (every candidate, every request) reads a
 snapshot that a background thread refreshes every ``refresh_s`` for the campaign-days
-asked about; this process's own reservations are added at once. That thread also runs
+asked about; this process's own reservations are added at once. That thread also
+deletes every campaign's expired reservations (settle and release do not), and runs
 the WAL checkpoints (``wal_autocheckpoint`` is off for the ledger's connections, and
 for the others :func:`open_state` makes), so no request pays for copying the WAL: with
 SQLite's automatic ones, past 1,000 frames every commit checkpoints until the WAL
@@ -113,6 +116,17 @@ _RESERVE_STATE = ("SELECT EXISTS (SELECT 1 FROM budget_resv WHERE campaign_id = 
                   " " + _SPENT.format(c="?1", d="?3") + " + COALESCE((SELECT micros FROM"
                   " budget_reserved WHERE campaign_id = ?1), 0)")
 _RESERVED_NOW = "SELECT " + _RESERVED.format(c="?1", now="?2")
+# A new reservation in one statement: inserted (change count 1) when spend + live
+# reservations are under the budget (?5; NULL: no budget) and the key is new. The
+# expired reservations are subtracted, not deleted: the background thread purges them.
+_TRY_RESV = ("INSERT INTO budget_resv (campaign_id, key, micros, expiry_ms)"
+             " SELECT ?1, ?2, ?3, ?4 WHERE ?5 IS NULL OR "
+             + _SPENT.format(c="?1", d="?6") + " + " + _RESERVED.format(c="?1", now="?7")
+             + " < ?5 ON CONFLICT (campaign_id, key) DO NOTHING")
+_PURGE_BATCH = 1000
+_PURGE_ALL = ("DELETE FROM budget_resv WHERE (campaign_id, key) IN (SELECT campaign_id, key"
+              " FROM budget_resv WHERE campaign_id IN (SELECT campaign_id FROM budget_reserved"
+              f" WHERE micros > 0) AND expiry_ms <= ?1 LIMIT {_PURGE_BATCH})")
 _ADD_RESV = "INSERT INTO budget_resv (campaign_id, key, micros, expiry_ms) VALUES (?, ?, ?, ?)"
 _ADD_SPEND = ("INSERT INTO budget_spend (campaign_id, day, micros) VALUES (?1, ?2, ?3)"
               " ON CONFLICT (campaign_id, day) DO UPDATE SET micros = micros + excluded.micros")
@@ -314,11 +328,24 @@ class SqliteBudgetLedger:
     def _background(self) -> None:
         while not self._stop.wait(self._refresh_s):
             try:
+                self.purge()
                 self.refresh()
                 self._checkpoint()
             except BudgetUnavailable as exc:
                 log.warning("budget snapshot refresh or WAL checkpoint failed: %s", exc)
                 self._stop.wait(1.0)
+
+    def purge(self) -> int:
+        """Delete every campaign's expired reservations (reads already ignore them), in
+        transactions of at most 1,000 rows so that none holds the write lock long; the
+        background thread calls this every ``refresh_s``. Returns the rows deleted."""
+        now, total = self._wall_ms(), 0
+        while not self._stop.is_set():
+            deleted = self._db.change(self._busy_ms, _PURGE_ALL, (now,))
+            total += deleted
+            if deleted < _PURGE_BATCH:
+                break
+        return total
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: blocks no one). Under steady
@@ -340,6 +367,12 @@ class SqliteBudgetLedger:
         day_s = day.isoformat()
 
         def tx(c: sqlite3.Connection) -> bool:
+            if not spend and c.execute(_TRY_RESV, (campaign_id, key, amount_micros,
+                                                   now + self._ttl_ms, budget_micros, day_s,
+                                                   now)).rowcount == 1:
+                return True
+            # Refused by the budget, a key already there (live, or expired and not yet
+            # purged), or a charge: purge, then decide and write step by step.
             c.execute(_PURGE, (campaign_id, now))
             exists, committed = c.execute(_RESERVE_STATE, (campaign_id, key, day_s)).fetchone()
             if exists:
@@ -359,10 +392,9 @@ class SqliteBudgetLedger:
 
     def _settle(self, campaign_id: str, key: str | None, amount_micros: int,
                 day: date) -> int:
-        now, day_s = self._wall_ms(), day.isoformat()
+        day_s = day.isoformat()
 
         def tx(c: sqlite3.Connection) -> int:
-            c.execute(_PURGE, (campaign_id, now))
             if key is not None:
                 c.execute(_DROP, (campaign_id, key))
             c.execute(_ADD_SPEND, (campaign_id, day_s, amount_micros))
@@ -376,10 +408,7 @@ class SqliteBudgetLedger:
         return self._settle(campaign_id, key, amount_micros, day)
 
     def release(self, campaign_id: str, key: str) -> None:
-        now = self._wall_ms()
-
         def tx(c: sqlite3.Connection) -> None:
-            c.execute(_PURGE, (campaign_id, now))
             c.execute(_DROP, (campaign_id, key))
 
         self._call(self._request_busy_ms, tx)        # also the engine's, on a late bid

@@ -130,9 +130,27 @@ def test_expired_reservations_are_purged_and_never_counted(
     wall.ms += 1                                                # expiry <= now: gone
     assert ledger.reserved_micros("c") == 0
     assert _rows(db, "SELECT COUNT(*) FROM budget_resv") == [(5,)]   # not yet purged
-    assert ledger.reserve("c", "late", 1, DAY, budget_micros=1000)
+    assert ledger.reserve("c", "late", 1, DAY, budget_micros=1000)    # expired: not counted
+    assert _rows(db, "SELECT COUNT(*) FROM budget_resv") == [(6,)]   # purged in background
+    assert ledger.purge() == 5
     assert _rows(db, "SELECT key FROM budget_resv") == [("late",)]
     assert _rows(db, "SELECT micros FROM budget_reserved") == [(1,)]
+
+
+def test_purge_reaches_idle_campaigns_and_reused_keys(
+        ledger: SqliteBudgetLedger, wall: Wall, db: Path) -> None:
+    """A campaign that stopped bidding keeps no expired rows; a reservation reusing the
+    key of an expired one is a new reservation (the step-by-step path)."""
+    assert ledger.reserve("idle", "a", 300, DAY, budget_micros=1000)
+    assert ledger.reserve("busy", "k", 400, DAY, budget_micros=1000)
+    wall.ms += 60_000
+    assert ledger.reserve("busy", "k", 700, DAY, budget_micros=1000)   # the old one expired
+    assert ledger.reserved_micros("busy") == 700
+    assert not ledger.reserve("busy", "x", 1, DAY, budget_micros=700)  # refused: 700 live
+    assert ledger.purge() == 1                                         # idle's "a"
+    assert _rows(db, "SELECT campaign_id, key, micros FROM budget_resv") == [("busy", "k", 700)]
+    assert _rows(db, "SELECT campaign_id, micros FROM budget_reserved ORDER BY 1") == [
+        ("busy", 700), ("idle", 0)]
 
 
 def test_a_new_day_starts_from_zero_spend_and_keeps_old_days(
