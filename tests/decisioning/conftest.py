@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,25 @@ def check_budget_refusals(ledger: Any, campaign_file: Path,
     assert [r is not None for r in results] == [True, True, False, False]
     assert ledger.reserved_micros("c01") == 11200
     engine.close()
+
+
+def reserve_in_threads(ledger: Any, day: date, *, threads: int, per_thread: int,
+                       amount: int, budget: int) -> int:
+    """Reservations of ``amount`` µ$ on campaign "c" for ``day`` from ``threads``
+    threads at once, ``per_thread`` each, against ``budget``: the µ$ granted."""
+    granted: list[int] = []
+
+    def bid(t: int) -> None:
+        for i in range(per_thread):
+            if ledger.reserve("c", f"{t}-{i}", amount, day, budget_micros=budget):
+                granted.append(amount)
+
+    workers = [threading.Thread(target=bid, args=(t,)) for t in range(threads)]
+    for th in workers:
+        th.start()
+    for th in workers:
+        th.join()
+    return sum(granted)
 
 
 def campaign_doc() -> dict[str, Any]:

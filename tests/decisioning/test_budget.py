@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +27,7 @@ from decisioning import (
 )
 from decisioning.budget import micros_to_dollars
 
-from .conftest import EngineFactory
+from .conftest import EngineFactory, reserve_in_threads
 
 DAY = date(2024, 1, 1)
 
@@ -78,19 +77,9 @@ def test_reserve_settle_release_and_expiry() -> None:
 
 def test_concurrent_reservations_never_pass_the_budget_by_more_than_one() -> None:
     ledger = InMemoryBudgetLedger()
-    granted: list[int] = []
-
-    def bid(t: int) -> None:
-        for i in range(500):
-            if ledger.reserve("c", f"{t}-{i}", 7, DAY, budget_micros=10_000):
-                granted.append(7)
-
-    threads = [threading.Thread(target=bid, args=(t,)) for t in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert 10_000 <= sum(granted) < 10_000 + 7
+    granted = reserve_in_threads(ledger, DAY, threads=8, per_thread=500, amount=7,
+                                 budget=10_000)
+    assert 10_000 <= granted < 10_000 + 7
 
 
 def test_pacer_follows_the_expected_traffic_curve() -> None:

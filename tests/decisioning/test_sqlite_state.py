@@ -31,7 +31,7 @@ from decisioning.sqlite_state import (
     open_state,
 )
 
-from .conftest import EngineFactory, check_budget_refusals
+from .conftest import EngineFactory, check_budget_refusals, reserve_in_threads
 
 DAY = date(2024, 1, 1)
 
@@ -238,22 +238,10 @@ def test_the_ledger_thread_checkpoints_and_the_wal_starts_over(
 
 def test_concurrent_threads_never_pass_the_budget_by_more_than_one(
         ledger: SqliteBudgetLedger) -> None:
-    import threading
-
-    granted: list[int] = []
-
-    def bid(t: int) -> None:
-        for i in range(150):
-            if ledger.reserve("c", f"{t}-{i}", 7, DAY, budget_micros=2000):
-                granted.append(7)
-
-    threads = [threading.Thread(target=bid, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert 2000 <= sum(granted) < 2000 + 7
-    assert ledger.reserved_micros("c") == sum(granted)
+    granted = reserve_in_threads(ledger, DAY, threads=4, per_thread=150, amount=7,
+                                 budget=2000)
+    assert 2000 <= granted < 2000 + 7
+    assert ledger.reserved_micros("c") == granted
 
 
 def test_reads_use_the_indexes(ledger: SqliteBudgetLedger, db: Path) -> None:
