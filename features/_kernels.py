@@ -2,14 +2,14 @@
 
 :func:`features.vectorize.ctr_matrix`, ``fraud_matrix`` and ``shading_matrix`` define
 the features, for training and serving alike. On an auction (20 rows) their cost is the
-number of numpy calls, not the data: about 25 calls and 60 µs per auction for the CTR
-matrix alone on the decision path. The kernels here compute the same matrices from the
+number of numpy calls, not the data: about 25 calls for the CTR matrix alone. The
+kernels here compute the same matrices from the
 same :class:`~features.vectorize.ColumnBlock` in one pass each, with the same float64
 operations in the same order and the same float32 rounding, so their output is
 bit-identical to the numpy builders (tests/features/test_kernels.py compares them on
 random blocks with missing values and out-of-range topics).
 
-The kernels compile on first use (about a second each) and numba caches the machine
+The kernels compile on first use and numba caches the machine
 code beside this file; :func:`warm` compiles them up front, which
 :class:`features.reader.OnlineReader` does when it is created, so that no auction pays
 for the compilation.
@@ -24,8 +24,8 @@ import numpy as np
 from features import vectorize as v
 
 _T = v.N_TOPICS
-_R = 2 * _T + 6                     # raw CTR store columns (user, topics, ad, pub)
-_NB = _T + 4                        # imps / clicks / smoothed block width
+_R = v._CTR_N_RAW                   # raw CTR store columns (user, topics, ad, pub)
+_TOPIC_IMPS, _TOPIC_CLICKS = (int(c) for c in v._TOPIC_COLS)   # topic 0's imps, clicks
 _NCTX = len(v.CONTEXT)
 _SMOOTH_ADD = v.PRIOR_CTR * v.PRIOR_WEIGHT   # the float numpy's _smooth adds
 _SMOOTH_W = v.PRIOR_WEIGHT
@@ -44,11 +44,15 @@ _N_SHADING_CTX = len(v._SHADING_IN) - 3
 _compiled: dict[str, Any] = {}
 
 
-def _ctr(m: np.ndarray, cols: np.ndarray, layout: np.ndarray, out: np.ndarray) -> None:
+def _ctr(m: np.ndarray, cols: np.ndarray, imps: np.ndarray, clicks: np.ndarray,
+         missing: np.ndarray, layout: np.ndarray, out: np.ndarray) -> None:
     """``out`` (N, F) float32 ← ctr_matrix of the block ``m`` (N, C) float64, whose
-    ``_CTR_IN`` columns sit at ``cols``; ``layout`` is ``vectorize._CTR_LAYOUT``."""
-    z = np.empty(_R)                                     # the raw row, missing -> 0
-    parts = np.empty(3 * _NB + 1 + _NCTX + 3)            # ctr_matrix's concatenation
+    ``_CTR_IN`` columns sit at ``cols``. ``imps``, ``clicks``, ``missing`` and
+    ``layout`` are vectorize's ``_IMPS``, ``_CLICKS``, ``_MISSING`` and ``_CTR_LAYOUT``:
+    the positions are vectorize's, only the loop is compiled."""
+    z = np.empty(_R + 2)                 # the raw row (missing -> 0) + topic imps, clicks
+    nb = imps.shape[0]
+    parts = np.empty(3 * nb + 1 + _NCTX + missing.shape[0])  # ctr_matrix's concatenation
     for i in range(m.shape[0]):
         for j in range(_R):
             a = m[i, cols[j]]
@@ -58,25 +62,18 @@ def _ctr(m: np.ndarray, cols: np.ndarray, layout: np.ndarray, out: np.ndarray) -
         # x86; an LLVM cast of those would be undefined, so they are spelt out.
         topic = (np.int64(tf) if not np.isnan(tf) and -9.2e18 < tf < 9.2e18
                  else np.int64(_INT64_MIN))
-        ui, uc = 0.0, 0.0
+        z[_R], z[_R + 1] = 0.0, 0.0
         if 0 <= topic < _T:
-            ui, uc = z[2 + topic], z[2 + _T + topic]
-        parts[0], parts[1] = z[0], ui                    # imps: user, user topic,
-        parts[_NB], parts[_NB + 1] = z[1], uc            # clicks: the same
-        for t in range(_T):                              # ... per topic,
-            parts[2 + t] = z[2 + t]
-            parts[_NB + 2 + t] = z[2 + _T + t]
-        parts[_T + 2], parts[_T + 3] = z[2 * _T + 2], z[2 * _T + 4]            # ad, pub
-        parts[_NB + _T + 2], parts[_NB + _T + 3] = z[2 * _T + 3], z[2 * _T + 5]
-        for j in range(_NB):
-            parts[2 * _NB + j] = (parts[_NB + j] + _SMOOTH_ADD) / (parts[j] + _SMOOTH_W)
-        parts[3 * _NB] = ui / max(z[0], 1.0)             # user topic share
+            z[_R], z[_R + 1] = z[_TOPIC_IMPS + topic], z[_TOPIC_CLICKS + topic]
+        for j in range(nb):
+            parts[j] = z[imps[j]]
+            parts[nb + j] = z[clicks[j]]
+            parts[2 * nb + j] = (parts[nb + j] + _SMOOTH_ADD) / (parts[j] + _SMOOTH_W)
+        parts[3 * nb] = z[_R] / max(z[0], 1.0)           # user topic share
         for j in range(_NCTX):
-            parts[3 * _NB + 1 + j] = m[i, cols[_R + j]]
-        base = 3 * _NB + 1 + _NCTX                       # missing: user, ad, pub
-        parts[base] = 1.0 if np.isnan(m[i, cols[0]]) else 0.0
-        parts[base + 1] = 1.0 if np.isnan(m[i, cols[2 * _T + 2]]) else 0.0
-        parts[base + 2] = 1.0 if np.isnan(m[i, cols[2 * _T + 4]]) else 0.0
+            parts[3 * nb + 1 + j] = m[i, cols[_R + j]]
+        for j in range(missing.shape[0]):
+            parts[3 * nb + 1 + _NCTX + j] = 1.0 if np.isnan(m[i, cols[missing[j]]]) else 0.0
         for k in range(layout.shape[0]):
             out[i, k] = np.float32(parts[layout[k]])
         out[i, _OUT_TOPIC] = np.float32(topic)
@@ -132,7 +129,8 @@ def ctr_matrix(cols: v.ColumnBlock) -> np.ndarray:
     """:func:`features.vectorize.ctr_matrix` of a block, compiled; the same bits."""
     m = cols.matrix
     out = np.empty((m.shape[0], len(v.CTR_FEATURES)), dtype=np.float32)    # (N, F)
-    _kernel("ctr")(m, cols.layout.take(v._CTR_IN), v._CTR_LAYOUT, out)
+    _kernel("ctr")(m, cols.layout.take(v._CTR_IN), v._IMPS, v._CLICKS, v._MISSING,
+                   v._CTR_LAYOUT, out)
     return out
 
 
