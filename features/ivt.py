@@ -64,7 +64,8 @@ def _ipv4(ip: str) -> int:
     """The address as an integer; -1 for anything but a dotted-quad IPv4 address.
 
     ``inet_pton`` takes exactly what ``ipaddress.IPv4Address`` takes (four decimal
-    octets, no leading zeros) at a tenth of its cost: one call per bid request."""
+    octets, no leading zeros; tests/features/test_ivt.py compares them) without
+    building an address object: one call per bid request."""
     try:
         return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
     except (OSError, ValueError, TypeError):
