@@ -19,19 +19,43 @@ SUITES = ("features", "http", "serving", "decision")
 
 
 def bench_world(settings: Settings, console: Console) -> Settings:
-    """A trained workspace for benchmarks (simulate, materialize, train), built once."""
+    """A trained workspace for benchmarks, built once: simulate, materialize, then
+    ``train all --size small`` without the real-data section, so that the decision
+    service screens with the fraud model, scores with the CTR model and prices with the
+    shading model, as in production. A world built before it trained all three models
+    is trained again: the models it lacked become ``@champion``; the ones it had keep
+    their champion and get a ``@challenger``."""
     world = Settings(**{**settings.model_dump(), "home": settings.workspace.root / "bench-world"})
     ws = world.workspace.ensure()
     if not (ws.mlflow_db.exists() and (ws.world / "campaigns.json").exists()):
         from features.ops import materialize
         from simulator import simulate
-        from training.ctr import train_ctr
 
-        with console.status("building the bench world (simulate, features, train)"):
+        with console.status("building the bench world (simulate, features)"):
             simulate(days=5, seed=settings.seed, workspace=ws)
             materialize(world)
-            train_ctr(world)
+    missing = _untrained(world)
+    if missing:
+        from training.pipeline import train_all
+
+        with console.status(f"training the bench world's models ({', '.join(missing)} "
+                            "missing): train all --size small --no-real"):
+            train_all(world, "small", real=False)
     return world
+
+
+def _untrained(world: Settings) -> list[str]:
+    """The models with no ``@champion`` in the world's registry."""
+    from mlops.errors import ModelNotFound
+    from mlops.registry import resolve
+
+    missing = []
+    for name in ("fraud", "ctr", "shading"):
+        try:
+            resolve(world, name)
+        except ModelNotFound:
+            missing.append(name)
+    return missing
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -61,4 +62,16 @@ class ManualClock:
         self._now = now.astimezone(UTC)
 
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+def wall_ms_of(clock: Clock) -> Callable[[], int]:
+    """Milliseconds since the epoch on ``clock``'s wall clock, as the shared ledgers and
+    dedupe stores (SQLite, Redis) take it: their reservation expiries are compared
+    across processes, so they run on the wall clock, not the per-process monotonic
+    one; a :class:`ManualClock` then moves them too."""
+
+    def wall_ms() -> int:
+        return int(clock.now().timestamp() * 1000)
+
+    return wall_ms
+
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "wall_ms_of"]

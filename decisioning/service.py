@@ -31,7 +31,7 @@ from pathlib import Path
 from adplatform.config import Settings
 from decisioning.budget import BudgetLedger, InMemoryBudgetLedger
 from decisioning.campaigns import CampaignStore, FileCampaignStore
-from decisioning.clock import Clock
+from decisioning.clock import Clock, SystemClock, wall_ms_of
 from decisioning.decision_log import DecisionSink, ParquetDecisionSink
 from decisioning.engine import DecisionEngine, EngineConfig
 from decisioning.experiments import Experiment
@@ -92,6 +92,9 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
     dedupe: NoticeDedupe
     campaigns: CampaignStore
     sink: DecisionSink
+    # The shared stores' reservation expiries run on the engine's clock, its wall clock
+    # (they are compared across processes), so a ManualClock moves them too.
+    wall_ms = wall_ms_of(clock or SystemClock())
     if settings.profile == "services":
         from decisioning.campaign_repo import PostgresCampaignRepository, PostgresCampaignStore
         from decisioning.frequency import RedisFrequencyCounter
@@ -100,7 +103,7 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
         from decisioning.redis_budget import RedisBudgetLedger, redis_client
 
         client = redis_client(settings.redis_url)
-        ledger = RedisBudgetLedger(client, prefix=redis_prefix)
+        ledger = RedisBudgetLedger(client, prefix=redis_prefix, wall_ms=wall_ms)
         frequency = RedisFrequencyCounter(client, prefix=redis_prefix)
         dedupe = RedisNoticeDedupe(client, prefix=redis_prefix)
         pg = PostgresCampaignStore(
@@ -115,7 +118,7 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
             from decisioning.sqlite_state import REQUEST_BUSY_TIMEOUT_MS, open_state
 
             # the campaign store closes the ledger, and the ledger the other two
-            ledger, frequency, dedupe = open_state(shared_state,
+            ledger, frequency, dedupe = open_state(shared_state, wall_ms=wall_ms,
                                                    busy_timeout_ms=REQUEST_BUSY_TIMEOUT_MS)
         else:
             ledger = InMemoryBudgetLedger(clock=clock)

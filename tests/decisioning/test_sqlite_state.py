@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from adplatform.config import Settings
 from decisioning import (
     BudgetUnavailable,
     EngineConfig,
@@ -21,9 +22,10 @@ from decisioning import (
     MemoryNoticeSink,
     NoticeService,
 )
-from decisioning.budget import BudgetLedger
+from decisioning.budget import DEFAULT_RESERVATION_TTL_S, BudgetLedger
 from decisioning.frequency import FrequencyCounter
 from decisioning.notices import NoticeDedupe, NoticeStoreUnavailable
+from decisioning.service import build_service
 from decisioning.sqlite_state import (
     SqliteBudgetLedger,
     SqliteFrequencyCounter,
@@ -31,7 +33,13 @@ from decisioning.sqlite_state import (
     open_state,
 )
 
-from .conftest import EngineFactory, check_budget_refusals, reserve_in_threads
+from .conftest import (
+    EngineFactory,
+    FixedBackend,
+    ZeroFeaturizer,
+    check_budget_refusals,
+    reserve_in_threads,
+)
 
 DAY = date(2024, 1, 1)
 
@@ -313,6 +321,28 @@ def test_engine_with_the_sqlite_ledger(make_engine: EngineFactory, campaign_file
         lambda campaigns: make_engine(
             campaigns=campaigns, config=EngineConfig(notice_base_url="http://b/notice")),
         clock)
+
+
+def test_the_service_runs_shared_expiries_on_the_engine_clock(
+        tmp_path: Path, campaign_file: Path, clock: ManualClock, db: Path) -> None:
+    """build_service hands the engine's clock to the shared ledger: a ManualClock that
+    moves past the reservation TTL expires a reservation nobody billed."""
+    service = build_service(Settings(home=tmp_path / "ws"),  # type: ignore[call-arg]
+                            featurizer=ZeroFeaturizer(clock), models=FixedBackend(),
+                            clock=clock, campaigns_path=campaign_file, shared_state=db,
+                            log_root=tmp_path / "log")
+    try:
+        ledger = service.notices.ledger
+        assert isinstance(ledger, SqliteBudgetLedger)
+        day = clock.now().date()
+        assert ledger.reserve("c", "b1", 500, day, budget_micros=1000)
+        clock.advance(DEFAULT_RESERVATION_TTL_S - 1)
+        assert ledger.reserved_micros("c") == 500
+        clock.advance(1)
+        assert ledger.reserved_micros("c") == 0
+        assert ledger.reserve("c", "b2", 1000, day, budget_micros=1000)
+    finally:
+        service.close()
 
 
 def test_notices_shared_by_two_processes(db: Path) -> None:
