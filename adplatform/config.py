@@ -7,6 +7,7 @@ PostgreSQL-backed MLflow, NATS JetStream stream, Triton/BentoML backends).
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,13 @@ class Settings(BaseSettings):
                               description="public data samples (../shared/data)")
     # Online store: SQLite file under the workspace (embedded) or Redis (services).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Names that keep two deployments (or a test) apart on one Redis, PostgreSQL and NATS:
+    # the decision service's key prefix for budgets, caps and notice dedupe, the campaign
+    # schema, and the decision log's JetStream stream and subject (services profile).
+    redis_prefix: str = "adp"
+    postgres_schema: str = "adplatform"
+    nats_stream: str = "ADPLATFORM_DECISIONS"
+    nats_subject: str = "adplatform.decisions"
     # MLflow: SQLite tracking store under the workspace unless set explicitly.
     mlflow_tracking_uri: str | None = None
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -63,6 +71,28 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{self.workspace.mlflow_db}"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a :class:`Settings` field: ``ADPLATFORM_<FIELD>``."""
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``ADPLATFORM_*`` variables a child process reads back into
+    equal settings (lists as JSON, as pydantic-settings parses them). A field that is
+    None has no variable: the child must drop any inherited one to get None too."""
+    out: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if isinstance(value, list | dict):
+            out[env_name(name)] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[env_name(name)] = str(value).lower()
+        else:
+            out[env_name(name)] = str(value)
+    return out
 
 
 @lru_cache(maxsize=1)

@@ -2,9 +2,10 @@
 
 Wire with :func:`register` (``register(app)`` adds the ``campaign`` group). The store is
 the workspace's campaign file (``world/campaigns.json``) in the embedded profile and the
-PostgreSQL table (``settings.postgres_dsn``, schema ``adplatform``) in the services
-profile; ``--store file|postgres`` overrides. Every field is validated by the same
-model the decision service loads, and a bad value is reported with its field name::
+PostgreSQL table (``settings.postgres_dsn``, schema ``settings.postgres_schema``: default
+``adplatform``, the one ``adplatform serve`` reads) in the services profile;
+``--store file|postgres`` and ``--schema`` override. Every field is validated by the
+same model the decision service loads, and a bad value is reported with its field name::
 
     adplatform campaign create --id c42 --adomain shoes.example --goal cpc --cpc 0.8 \\
         --daily-budget 250 --frequency-cap 3 --country USA \\
@@ -37,7 +38,8 @@ from decisioning.errors import CampaignError
 _FORMATS = ("banner", "video", "native", "audio")
 Opt = typer.Option
 StoreOpt = Annotated[str | None, Opt("--store", help="file | postgres (default: profile)")]
-SchemaOpt = Annotated[str, Opt("--schema", help="PostgreSQL schema")]
+SchemaOpt = Annotated[str | None, Opt(
+    "--schema", help="PostgreSQL schema (default: ADPLATFORM_POSTGRES_SCHEMA, adplatform)")]
 
 
 def parse_creative(spec: str) -> dict[str, Any]:
@@ -65,10 +67,15 @@ def parse_creative(spec: str) -> dict[str, Any]:
     return out
 
 
-def repository(settings: Settings, store: str | None, schema: str) -> CampaignRepository:
+def repository(settings: Settings, store: str | None,
+               schema: str | None = None) -> CampaignRepository:
+    """The campaign store the commands edit; ``schema`` None: ``settings.postgres_schema``
+    (the one ``adplatform serve`` reads)."""
     kind = store or ("postgres" if settings.profile == "services" else "file")
     if kind == "postgres":
-        return PostgresCampaignRepository(settings.postgres_dsn, schema=schema)
+        return PostgresCampaignRepository(settings.postgres_dsn,
+                                          schema=settings.postgres_schema if schema is None
+                                          else schema)
     if kind == "file":
         return FileCampaignRepository(settings.workspace.world / "campaigns.json")
     raise CampaignError(f"--store must be 'file' or 'postgres', got {kind!r}")
@@ -117,7 +124,7 @@ def register(app: typer.Typer, *, settings: Callable[[], Settings] = get_setting
         creative: Annotated[list[str] | None, Opt(
             help="ID:FORMAT[:WxH][:TOPIC] (repeat)")] = None,
         from_json: Annotated[Path | None, Opt(help="a campaign JSON object instead")] = None,
-        store: StoreOpt = None, schema: SchemaOpt = "adplatform",
+        store: StoreOpt = None, schema: SchemaOpt = None,
     ) -> None:
         """Create a campaign (validated; ids unique)."""
         def action() -> None:
@@ -140,7 +147,7 @@ def register(app: typer.Typer, *, settings: Callable[[], Settings] = get_setting
         run(action)
 
     @group.command("list")
-    def list_(store: StoreOpt = None, schema: SchemaOpt = "adplatform") -> None:
+    def list_(store: StoreOpt = None, schema: SchemaOpt = None) -> None:
         """List campaigns."""
         def action() -> None:
             t = Table("id", "status", "goal", "value", "daily budget", "freq cap",
@@ -174,7 +181,7 @@ def register(app: typer.Typer, *, settings: Callable[[], Settings] = get_setting
         fmt: Annotated[list[str] | None, Opt("--format")] = None,
         segment: Annotated[list[str] | None, Opt()] = None,
         creative: Annotated[list[str] | None, Opt(help="replaces the creatives")] = None,
-        store: StoreOpt = None, schema: SchemaOpt = "adplatform",
+        store: StoreOpt = None, schema: SchemaOpt = None,
     ) -> None:
         """Change fields of a campaign (the result is validated as a whole)."""
         def action() -> None:
@@ -199,7 +206,8 @@ def register(app: typer.Typer, *, settings: Callable[[], Settings] = get_setting
             out.print(f"updated campaign {c.campaign_id}: {', '.join(sorted(changes))}")
         run(action)
 
-    def set_status(campaign_id: str, status: str, store: str | None, schema: str) -> None:
+    def set_status(campaign_id: str, status: str, store: str | None,
+                   schema: str | None) -> None:
         def action() -> None:
             c: Campaign = repository(settings(), store, schema).update(
                 campaign_id, {"status": status})
@@ -208,13 +216,13 @@ def register(app: typer.Typer, *, settings: Callable[[], Settings] = get_setting
 
     @group.command("pause")
     def pause(campaign_id: Annotated[str, typer.Argument(help="campaign id")],
-              store: StoreOpt = None, schema: SchemaOpt = "adplatform") -> None:
+              store: StoreOpt = None, schema: SchemaOpt = None) -> None:
         """Stop bidding for a campaign (status paused)."""
         set_status(campaign_id, "paused", store, schema)
 
     @group.command("resume")
     def resume(campaign_id: Annotated[str, typer.Argument(help="campaign id")],
-               store: StoreOpt = None, schema: SchemaOpt = "adplatform") -> None:
+               store: StoreOpt = None, schema: SchemaOpt = None) -> None:
         """Bid again for a paused campaign (status active)."""
         set_status(campaign_id, "active", store, schema)
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from adplatform.config import Settings
+from adplatform.config import Settings, env_name, settings_env
 
 if TYPE_CHECKING:
     from mlops.demo_ab import ABRun
@@ -61,8 +61,13 @@ class ServiceProcess:
 
     def __init__(self, settings: Settings, port: int, log_path: Path, *,
                  argv: Sequence[str] | None = None) -> None:
-        env = {**os.environ, "ADPLATFORM_HOME": str(settings.workspace.root),
-               "ADPLATFORM_PROFILE": settings.profile}
+        # The child reads its settings from the environment: every field of ``settings``
+        # goes there (not only home and profile), so one built in code (a test's Redis
+        # database, schema or stream) is the one the service runs with.
+        # An inherited variable of a field that is None here would override the None.
+        fields = {env_name(n) for n in Settings.model_fields}
+        env = {k: v for k, v in os.environ.items() if k.upper() not in fields}
+        env.update(settings_env(settings), ADPLATFORM_HOME=str(settings.workspace.root))
         command = list(argv) if argv is not None else [
             sys.executable, "-c", "from mlops.cli import main; main()", "serve",
             "--port", str(port)]

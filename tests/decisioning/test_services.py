@@ -234,6 +234,30 @@ def test_campaign_cli_on_postgres(pg_repo: PostgresCampaignRepository, tmp_path:
     assert "p1" in r.output and "paused" in r.output
 
 
+def test_campaign_cli_schema_defaults_to_the_settings(pg_repo: PostgresCampaignRepository,
+                                                      tmp_path: Path) -> None:
+    """Without --schema the commands edit ADPLATFORM_POSTGRES_SCHEMA, the schema
+    `adplatform serve` reads."""
+    import typer
+    from typer.testing import CliRunner
+
+    from decisioning.campaign_cli import register
+
+    settings = Settings(home=tmp_path / "ws", profile="services",  # type: ignore[call-arg]
+                        postgres_dsn=PG, postgres_schema=pg_repo.schema)
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """root"""
+
+    register(app, settings=lambda: settings)
+    r = CliRunner().invoke(app, ["campaign", "create", "--id", "s1", "--adomain", "s.example",
+                                 "--goal", "cpc", "--cpc", "1", "--creative", "s1a:native"])
+    assert r.exit_code == 0, r.output
+    assert [c.campaign_id for c in pg_repo.list()] == ["s1"]
+
+
 # --------------------------------------------------------------------------- NATS
 
 
