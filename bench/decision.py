@@ -3,8 +3,9 @@
 Setting: single-imp OpenRTB requests from the simulator, 20 candidate ads per auction
 (the bench world's campaigns plus low-value filler campaigns so that every slot has at
 least 20 eligible creatives; ``max_candidates=20``), embedded profile (Feast SQLite
-online store through the cached reader, the ONNX champion in process, in-memory
-budgets), notice URLs on. Every server is one uvicorn process, except the multi-worker
+online store through the cached reader; the fraud, CTR and shading champions in process
+on ONNX Runtime, the fraud model at its registered threshold, bids priced by the shading
+model; in-memory budgets), notice URLs on. Every server is one uvicorn process, except the multi-worker
 row's; the open-loop load generator (:mod:`bench.loadgen`) runs in its own process.
 
 Rows:
@@ -116,18 +117,20 @@ def request_bodies(world: Settings, n: int, seed: int) -> list[bytes]:
 def build_decision_service(world: Settings, campaigns: Path, log_root: Path,
                            notice_base_url: str, *, worker: tuple[int, int] = (0, 1),
                            shared_state: Path | None = None) -> Any:
+    """The service as ``adplatform serve`` wires it (:func:`mlops.serve.build_decision_
+    service`: the champions, the fraud model at its registered threshold, the shading
+    model's pricer), with the bench's campaigns and ``max_candidates``."""
     from decisioning.engine import EngineConfig
-    from decisioning.service import build_service
-    from features.reader import OnlineReader
-    from features.store import open_store
-    from mlops.serve import build_backend
+    from mlops.registry_sidecar import RegistrySidecar
+    from mlops.serve import build_decision_service as build
+    from mlops.serve import fraud_threshold
 
-    return build_service(world, featurizer=OnlineReader(open_store(world),
-                                                        shared_data=world.shared_data),
-                         models=build_backend(world), campaigns_path=campaigns,
-                         log_root=log_root, notice_base_url=notice_base_url,
-                         config=EngineConfig(seed=world.seed, max_candidates=K),
-                         worker=worker, shared_state=shared_state)
+    with RegistrySidecar(world) as registry:
+        cfg = EngineConfig(seed=world.seed, max_candidates=K,
+                           fraud_threshold=fraud_threshold(world, registry=registry) or 0.5)
+        return build(world, config=cfg, registry=registry, notice_base_url=notice_base_url,
+                     log_root=log_root, worker=worker, shared_state=shared_state,
+                     campaigns_path=campaigns)
 
 
 # --------------------------------------------------------------------------- servers

@@ -102,7 +102,8 @@ def build_decision_service(settings: Settings, *, config: EngineConfig | None = 
                            experiment: Experiment | None = None,
                            models: ModelBackend | None = None,
                            log_root: Path | None = None, worker: tuple[int, int] = (0, 1),
-                           shared_state: Path | None = None) -> DecisionService:
+                           shared_state: Path | None = None,
+                           campaigns_path: Path | None = None) -> DecisionService:
     """The decision service ``adplatform serve`` runs: the engine over the online reader
     and ``models:/<name>@champion`` (or ``models``), its notice service, and the state
     stores of ``settings.profile`` (:func:`decisioning.service.build_service`: file
@@ -113,7 +114,8 @@ def build_decision_service(settings: Settings, *, config: EngineConfig | None = 
     ``https://bidder.example/notice``) puts nurl/burl/lurl on every bid, and spend is then
     counted from billing notices; without it spend is charged at bid time. ``log_root``:
     where the decision and notice logs go (default: the workspace's decision log).
-    ``worker`` and ``shared_state``: see :func:`decisioning.service.build_service`.
+    ``worker``, ``shared_state`` and ``campaigns_path``: see
+    :func:`decisioning.service.build_service`.
     """
     from decisioning.service import build_service
     from features.reader import OnlineReader
@@ -127,7 +129,7 @@ def build_decision_service(settings: Settings, *, config: EngineConfig | None = 
         settings, featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
         models=served, config=cfg, backends=backends, experiment=experiment,
         pricer=build_pricer(served, cfg), notice_base_url=notice_base_url, log_root=log_root,
-        worker=worker, shared_state=shared_state)
+        worker=worker, shared_state=shared_state, campaigns_path=campaigns_path)
 
 
 def notice_url(settings: Settings, host: str, port: int) -> str | None:
@@ -158,11 +160,15 @@ def build_pricer(models: ModelBackend, config: EngineConfig) -> BidPricer:
         # factor per auction until a landscape arrives, and counts the fallbacks.
         log.warning("model versions unknown (%s): pricing with the shading model "
                     "where a landscape comes back", exc)
-        return ShadingPricer(fallback=constant)
+        pricer = ShadingPricer(fallback=constant)
+        pricer.warm()
+        return pricer
     if "shading" not in served:
         log.info("no shading model served: bidding value x %.2f", config.shade_factor)
         return constant
-    return ShadingPricer(fallback=constant)
+    pricer = ShadingPricer(fallback=constant)
+    pricer.warm()
+    return pricer
 
 
 def keep_torch_out() -> bool:

@@ -199,10 +199,11 @@ class ShadingPricer:
     """The engine's :class:`~decisioning.pricing.BidPricer` for a shading model.
 
     Reads the landscape from :attr:`AuctionScores.shading` (R, 3M): one row for the
-    auction (R = 1, the competition does not depend on our ad) or one per candidate
-    (R = K). Second-price auctions are bid truthfully. Without a usable landscape (no
-    shading model loaded, or non-finite output) it falls back to ``fallback``, the
-    pre-model policy, and counts it in :attr:`fallbacks`.
+    auction (R = 1, the competition does not depend on our ad; priced by
+    :func:`shade_single`'s compiled twin) or one per candidate (R = K,
+    :func:`optimal_bids`). Second-price auctions are bid truthfully. Without a usable
+    landscape (no shading model loaded, or non-finite output) it falls back to
+    ``fallback``, the pre-model policy, and counts it in :attr:`fallbacks`.
     """
 
     def __init__(self, *, fallback: BidPricer | None = None, grid: int = 96, refine: int = 8,
@@ -224,13 +225,20 @@ class ShadingPricer:
     def policy(self) -> str:
         return self._policy
 
+    def warm(self) -> None:
+        """Compile the serving kernels now (or load them from numba's cache), so that the
+        first auctions do not pay for it; the decision service calls this at start."""
+        from models._shade_kernel import warm
+
+        warm()
+
     @staticmethod
     def _usable(land: np.ndarray | None, n: int) -> bool:
         """A landscape to price ``n`` candidates with: (1 or n, 3M), finite, sigma > 0."""
+        from models._shade_kernel import landscape_ok
+
         return (land is not None and land.ndim == 2 and land.shape[0] in (1, n)
-                and land.shape[1] % 3 == 0 and land.shape[1] > 0
-                and bool(np.all(np.isfinite(land)))
-                and bool(land[:, 2 * land.shape[1] // 3:].min() > 0.0))
+                and land.shape[1] % 3 == 0 and land.shape[1] > 0 and landscape_ok(land))
 
     def policy_for(self, scores: AuctionScores, n: int) -> str:
         """``policy`` when the landscape is usable, else the fallback's policy (what
@@ -250,7 +258,11 @@ class ShadingPricer:
             return np.asarray(self.fallback.price(vals, ctx, scores, first_price=first_price),
                               dtype=np.float64)
         if land.shape[0] == 1:                                                # one landscape
-            return shade_single(vals, ctx.bidfloor, land, grid=self.grid)
+            # shade_single's argmax, compiled (models/_shade_kernel.py): the same prices
+            # to rounding, for a fraction of its numpy-call overhead on every auction.
+            from models._shade_kernel import shade
+
+            return shade(vals, max(float(ctx.bidfloor), MIN_PRICE), land, self.grid)
         # One landscape per candidate: N = K rows of one value each.
         return optimal_bids(vals[:, None], np.full(vals.shape[0], ctx.bidfloor),
                             mixture_cdf(land), grid=self.grid, refine=self.refine,
