@@ -25,8 +25,16 @@ class ModelFile:
     path: Path
 
 
+# Landscapes remembered per shading session: the shading model's input is the auction's
+# context (publisher, placement, device, floor, hour), which repeats across auctions far
+# more than the fraud and CTR inputs (which carry the user, device and IP), so its
+# output is looked up instead of recomputed. Exact: the same session and the same input
+# bytes give the same output. Cleared when full (no LRU bookkeeping per auction).
+SHADING_MEMO = 4096
+
+
 class _Session:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, memo: int = 0) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -34,9 +42,21 @@ class _Session:
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input = self.sess.get_inputs()[0].name
         self.output = self.sess.get_outputs()[0].name
+        self._memo: dict[bytes, np.ndarray] = {}
+        self._memo_size = memo
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.sess.run([self.output], {self.input: x})[0]
+        if not self._memo_size:
+            return self.sess.run([self.output], {self.input: x})[0]
+        key = x.tobytes()
+        out = self._memo.get(key)
+        if out is None:
+            out = self.sess.run([self.output], {self.input: x})[0]
+            out.flags.writeable = False          # shared by every auction that hits it
+            if len(self._memo) >= self._memo_size:
+                self._memo.clear()
+            self._memo[key] = out
+        return out
 
 
 class OnnxBackend:
@@ -54,7 +74,7 @@ class OnnxBackend:
 
     def swap(self, model: ModelFile) -> None:
         """Load a new version, then replace the old one in a single assignment."""
-        session = _Session(model.path)
+        session = _Session(model.path, memo=SHADING_MEMO if model.name == "shading" else 0)
         with self._lock:
             sessions, versions = self._state
             self._state = ({**sessions, model.name: session}, {**versions, model.name: model.version})
@@ -80,4 +100,4 @@ class OnnxBackend:
             self._state = ({}, self._state[1])
 
 
-__all__ = ["ModelFile", "OnnxBackend"]
+__all__ = ["SHADING_MEMO", "ModelFile", "OnnxBackend"]
