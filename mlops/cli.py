@@ -403,6 +403,7 @@ def serving_bento(
 
 def _register_plugins() -> None:
     from decisioning.campaign_cli import register as register_campaigns
+    from decisioning.decisions_cli import register as register_decisions
     from features.audience.cli import register as register_audience
     from mlops.reports.cli import register as register_reports
     from simulator.cli import register
@@ -411,6 +412,7 @@ def _register_plugins() -> None:
     register_audience(app)
     register_reports(app)
     register_campaigns(app)
+    register_decisions(app)
 
 
 def main() -> None:

@@ -294,3 +294,31 @@ class ThreadServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+def nats_or_skip() -> None:
+    """Skip the calling test when no NATS server listens on 127.0.0.1:4222."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 4222), timeout=1).close()
+    except OSError:
+        pytest.skip("no NATS on 127.0.0.1:4222 (start nats-server -js)")
+
+
+async def delete_stream(name: str) -> None:
+    """Remove a test's JetStream stream (nothing to do when the test never made it)."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(NATS_URL)
+    try:
+        await nc.jetstream().delete_stream(name)
+    except NotFoundError:
+        pass                                        # the test never created it
+    finally:
+        await nc.close()
+

@@ -34,7 +34,14 @@ from decisioning.frequency import FrequencyUnavailable, RedisFrequencyCounter
 from decisioning.notices import RedisNoticeDedupe
 from decisioning.redis_budget import RedisBudgetLedger, redis_client
 
-from .conftest import FixedBackend, ZeroFeaturizer, campaign_doc, check_budget_refusals
+from .conftest import (
+    FixedBackend,
+    ZeroFeaturizer,
+    campaign_doc,
+    check_budget_refusals,
+    delete_stream,
+    nats_or_skip,
+)
 
 pytestmark = pytest.mark.services
 
@@ -261,31 +268,12 @@ def test_campaign_cli_schema_defaults_to_the_settings(pg_repo: PostgresCampaignR
 # --------------------------------------------------------------------------- NATS
 
 
-def _nats_or_skip() -> None:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", 4222), timeout=1).close()
-    except OSError:
-        pytest.skip("no NATS on 127.0.0.1:4222")
-
-
-async def _delete_stream(name: str) -> None:
-    import nats
-
-    nc = await nats.connect(NATS)
-    try:
-        await nc.jetstream().delete_stream(name)
-    finally:
-        await nc.close()
-
-
 def test_nats_sink_publishes_once_per_decision_and_flushes_on_close() -> None:
     from decisioning.nats_sink import NatsDecisionSink, read_stream
 
     from .test_decision_log import _rec
 
-    _nats_or_skip()
+    nats_or_skip()
     tag = uuid.uuid4().hex[:8]
     stream, subject = f"TEST_DECISIONS_{tag}", f"test.decisions.{tag}"
     sink = NatsDecisionSink(NATS, stream=stream, subject=subject, batch=64)
@@ -301,7 +289,7 @@ def test_nats_sink_publishes_once_per_decision_and_flushes_on_close() -> None:
         assert {g["request_id"] for g in got} == {r.request_id for r in records}
         assert got[0]["variant"] == "default" and got[0]["ts"].startswith("2024-03-01T23:59")
     finally:
-        asyncio.run(_delete_stream(stream))
+        asyncio.run(delete_stream(stream))
 
 
 def test_nats_down_spills_to_the_fallback_sink() -> None:

@@ -11,6 +11,7 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -71,7 +72,7 @@ def test_the_running_service_has_no_torch_and_a_registry_sidecar(
 
 def test_spec_examples_and_errors(service: ServiceProcess, shared_data: Path) -> None:
     folder = shared_data / "openrtb_spec_examples" / "iab_openrtb2.6"
-    bids_by_file = {}
+    bids_by_file: dict[str, list[dict[str, Any]]] = {}
     with httpx.Client(base_url=service.url, timeout=5) as client:
         for path in sorted(folder.glob("request_*.json")):
             req = json.loads(path.read_text())

@@ -22,15 +22,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from adplatform.config import Settings
 from decisioning.outcomes import read_notices
 from mlops.demo import ServiceProcess
-from simulator import LiveExchange, notice_calls
+
+from ._workers import Traffic, free_port, send_auctions_and_notices
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -42,18 +41,6 @@ log = logging.getLogger(__name__)
 REDIS_URL = "redis://127.0.0.1:6379/12"
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 NATS = "nats://127.0.0.1:4222"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _scraped_requests(url: str) -> int:
-    text = httpx.get(f"{url}/metrics", timeout=10).text      # a new connection each time
-    line = next(m for m in text.splitlines() if m.startswith("adplatform_bid_requests_total "))
-    return int(float(line.split()[1]))
 
 
 def _servers_or_skip() -> None:
@@ -144,51 +131,16 @@ def test_two_workers_on_the_services_stores(services_workspace: Settings,
     from decisioning.redis_budget import RedisBudgetLedger, redis_client
 
     s = services_workspace
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-c", "from mlops.cli import main; main()", "serve",
             "--port", str(port), "--workers", "2", "--watch-interval", "0"]
     # the child gets every field of `s` (Redis db, prefix, schema, stream, subject)
     service = ServiceProcess(s, port, tmp_path / "serve.log", argv=argv)
-    answered: list[str] = []
-    bids: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    notified: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    billed: Counter[str] = Counter()
-    billed_users: Counter[tuple[str, str]] = Counter()
+    traffic = Traffic()
     per_worker: dict[str, int] = {}
     try:
         service.wait_ready(timeout_s=300)
-        live = LiveExchange.from_workspace(s.workspace, session=37)
-        for req in live.requests(200):
-            # a new connection per request: the kernel spreads them over both workers
-            r = httpx.post(f"{service.url}/openrtb/2.6/bid", content=json.dumps(req),
-                           headers={"content-type": "application/json"}, timeout=10)
-            assert r.status_code in (200, 204), r.text
-            answered.append(req["id"])
-            if r.status_code == 200:
-                bids.append((req, r.json()))
-        assert len(bids) >= 10, "too few bids to check notices"
-        notified = bids[:30]
-        for req, resp in notified:
-            # the exchange's win and billing at CPM 2.5 (2,500 micro-dollars), each sent
-            # twice on fresh connections: counted once whichever worker gets them
-            calls = notice_calls(req, resp, {"won": True, "paid_price": 2.5})
-            assert [k for k, _ in calls] == ["win", "billing"]
-            for kind, url in calls:
-                first = httpx.get(url, timeout=10).json()["status"]
-                again = httpx.get(url, timeout=10).json()["status"]
-                assert (first, again) == ("recorded", "duplicate"), (kind, url)
-                if kind == "billing":
-                    user = parse_qs(urlsplit(url).query).get("u", [""])[0]
-                    if user:                       # personalised: one capped impression
-                        billed_users[(user, resp["seatbid"][0]["bid"][0]["cid"])] += 1
-            billed[resp["seatbid"][0]["bid"][0]["cid"]] += 2500      # the campaign that bid
-        # every scrape, whichever worker answers it, counts both workers' requests
-        # (the other worker's values are at most its 1 s publishing interval behind)
-        deadline = time.monotonic() + 60
-        while _scraped_requests(service.url) != len(answered):
-            assert time.monotonic() < deadline, "the workers' metrics never added up"
-            time.sleep(0.5)
-        assert {_scraped_requests(service.url) for _ in range(10)} == {len(answered)}
+        traffic = send_auctions_and_notices(service.url, s.workspace, session=37)
         # Both workers decided: each publishes its own counts for the other's scrapes
         # (mlops.serve.run_server: <home>/state/metrics-<supervisor pid>/worker-<i>.json).
         # The stream's records do not say which worker wrote them.
@@ -199,8 +151,9 @@ def test_two_workers_on_the_services_stores(services_workspace: Settings,
         service.stop()                         # SIGTERM: both workers drain their logs
     log_text = (tmp_path / "serve.log").read_text(errors="replace")
     assert service.proc.returncode == 0, log_text[-3000:]
+    answered, notified = traffic.answered, traffic.notified
     log.warning("%d requests, %d bids, %d notified; requests per worker %s",
-                len(answered), len(bids), len(notified), per_worker)
+                len(answered), len(traffic.bids), len(notified), per_worker)
     assert set(per_worker) == {"worker-0", "worker-1"}, per_worker
     assert all(n > 0 for n in per_worker.values()), per_worker
     assert sum(per_worker.values()) == len(answered), per_worker
@@ -214,7 +167,7 @@ def test_two_workers_on_the_services_stores(services_workspace: Settings,
     assert Counter(r["request_id"] for r in records) == Counter(answered)
     assert not list((s.workspace.decisions / "decisions").glob("date=*/*.parquet"))
     assert not [r for r in records if r["feature_service"] == "defaults"]
-    assert sum(r["bid"] for r in records) == len(bids)
+    assert sum(r["bid"] for r in records) == len(traffic.bids)
 
     notices = read_notices(s.workspace.decisions)
     mine = notices[notices["request_id"].isin({req["id"] for req, _ in notified})]
@@ -228,13 +181,14 @@ def test_two_workers_on_the_services_stores(services_workspace: Settings,
     ledger = RedisBudgetLedger(client, prefix=s.redis_prefix)
     try:
         today = datetime.now(UTC).date()
-        assert {cid: ledger.spent_micros(cid, today) for cid in billed} == dict(billed)
+        assert ({cid: ledger.spent_micros(cid, today) for cid in traffic.billed}
+                == dict(traffic.billed))
         with redis.Redis.from_url(s.redis_url) as raw:
             notice_keys = list(raw.scan_iter(f"{s.redis_prefix}:notice:*"))
             assert len(notice_keys) == 2 * len(notified)        # win + billing, once each
             assert not list(raw.scan_iter("adp:*"))             # the default prefix: unused
         caps = RedisFrequencyCounter(client, prefix=s.redis_prefix)
-        for (user, cid), n in billed_users.items():
+        for (user, cid), n in traffic.billed_users.items():
             assert caps.counts(user, [cid], today) == [n], (user, cid)
     finally:
         ledger.close()
