@@ -75,6 +75,26 @@ def test_a_full_value_memo_is_cleared_and_reads_stay_exact(
         assert len(reader._value_memo) <= 3
 
 
+def test_entity_keys_serialize_as_feast_does(reader_env: tuple) -> None:  # type: ignore[type-arg]
+    """The reader writes Feast's version-3 entity keys itself (no protobuf objects per
+    key): the same bytes as ``serialize_entity_key`` for every view's join key."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    settings, keys = reader_env
+    store = open_store(settings)
+    assert store.config.entity_key_serialization_version == 3
+    reader = OnlineReader(store, ReaderConfig(cache_size=0))
+    odd = ["", "ü-ß-日本", "x" * 300, "10.0.0.1", "2001:db8::1", "a\x00b"]
+    for view, _, join_key, _ in VIEWS:
+        for k in [*keys[view], *odd]:
+            want = serialize_entity_key(EntityKey(join_keys=[join_key],
+                                                  entity_values=[Value(string_val=k)]),
+                                        entity_key_serialization_version=3)
+            assert reader._serialized(view, [k]) == [want], (view, k)
+
+
 def test_build_gives_one_row_per_candidate(reader_env: tuple) -> None:
     settings, keys = reader_env
     users, ads, pubs = keys["user_stats"], keys["ad_stats"], keys["publisher_stats"]
