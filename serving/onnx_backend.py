@@ -62,7 +62,10 @@ class _Session:
 class OnnxBackend:
     """Scores an auction with in-process sessions; models can be swapped atomically."""
 
-    def __init__(self, models: list[ModelFile]) -> None:
+    def __init__(self, models: list[ModelFile], *, shading_memo: int | None = None) -> None:
+        """``shading_memo``: landscapes remembered per shading session (default
+        :data:`SHADING_MEMO`; 0 turns the memo off)."""
+        self._shading_memo = SHADING_MEMO if shading_memo is None else shading_memo
         self._lock = threading.Lock()
         # Sessions and versions change together, in one assignment, so a call scoring
         # during a swap reports the version that actually scored it.
@@ -74,7 +77,8 @@ class OnnxBackend:
 
     def swap(self, model: ModelFile) -> None:
         """Load a new version, then replace the old one in a single assignment."""
-        session = _Session(model.path, memo=SHADING_MEMO if model.name == "shading" else 0)
+        session = _Session(model.path,
+                           memo=self._shading_memo if model.name == "shading" else 0)
         with self._lock:
             sessions, versions = self._state
             self._state = ({**sessions, model.name: session}, {**versions, model.name: model.version})

@@ -75,3 +75,15 @@ def test_the_shading_memo_is_exact_per_version_and_bounded(
     assert backend.score(a).versions["shading"] == "2"
     # The CTR and fraud models see new users, devices and IPs: nothing is remembered.
     assert not backend._state[0]["ctr"]._memo and not backend._state[0]["fraud"]._memo
+
+
+def test_the_shading_memo_can_be_turned_off(models: dict[str, Path]) -> None:
+    backend = OnnxBackend([ModelFile(n, "1", models[n]) for n in ("ctr", "fraud", "shading")],
+                          shading_memo=0)
+    a = random_auction(np.random.default_rng(2))
+    assert a.shading is not None
+    for _ in range(3):
+        got = backend.score(a).shading
+        assert got is not None
+        np.testing.assert_array_equal(got, _direct(models["shading"], a.shading))
+    assert not backend._state[0]["shading"]._memo
