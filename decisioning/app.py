@@ -30,7 +30,8 @@ after the reader's memory-mapped SQLite connection and the log's writer process:
 p50 0.40-0.42 ms, p99 0.67-0.79 ms). When the featurizer, backend or ledger talk to
 the network (Redis, Triton, BentoML), pass ``decide_in_threadpool=True`` so one slow
 call does not stall every other request (notices then run in the pool too).
-The lifespan closes the engine and the notice service (flushing their logs) on shutdown.
+The lifespan starts the log writers' child processes before serving, and closes the engine
+and the notice service (flushing their logs) on shutdown.
 """
 
 from __future__ import annotations
@@ -287,6 +288,11 @@ def create_app(engine: DecisionEngine, *, api_keys: Sequence[str] = (),
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The log writers' child processes start before the first auction, not at the
+        # first flush in the middle of traffic (their start-up stalled answers).
+        await anyio.to_thread.run_sync(engine.start)
+        if notices is not None:
+            await anyio.to_thread.run_sync(notices.start)
         if worker_metrics is not None:
             worker_metrics.start(lambda: metric_values(engine, notices))
         yield

@@ -172,6 +172,20 @@ class EncodedPartWriter(BufferedParquetWriter[T]):
         super().__init__(root, flush_every=flush_every, flush_interval_s=flush_interval_s,
                          worker=worker)
 
+    def start(self) -> None:
+        """Start the writer process now rather than at the first flush: spawning it
+        (a new interpreter importing pyarrow, about half a second of a core) at full
+        priority while a service answers auctions stalls them. The service calls this
+        at start-up. A child that cannot start is logged; the first flush tries again
+        and fails as usual (its rows kept)."""
+        if self._process is None:
+            return
+        try:
+            self._process.start()
+        except PartWriterError as exc:
+            logger.warning("the %s log's writer process did not start (%s); the first "
+                           "flush will try again", self.what, exc)
+
     def _encode_row(self, row: T) -> bytes:
         raise NotImplementedError
 

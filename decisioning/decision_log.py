@@ -87,6 +87,14 @@ class DecisionSink(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class StartableSink(Protocol):
+    """A sink with work to do before the first record (the parquet sinks' writer
+    process): the service calls :meth:`start` once, at start-up."""
+
+    def start(self) -> None: ...
+
+
 class MemorySink:
     """Keeps every record in :attr:`records` (tests, notebooks)."""
 
@@ -137,4 +145,5 @@ class ParquetDecisionSink(EncodedPartWriter[DecisionRecord]):
 
 
 __all__ = ["DECISION_COLUMNS", "DecisionRecord", "DecisionSink", "MemorySink",
-           "ParquetDecisionSink", "encode_record", "records_frame", "records_table"]
+           "ParquetDecisionSink", "StartableSink", "encode_record", "records_frame",
+           "records_table"]

@@ -41,7 +41,7 @@ from adplatform.errors import ConfigError
 from decisioning.budget import BudgetUnavailable
 from decisioning.campaigns import Blocklist, CampaignStore, Candidate
 from decisioning.clock import Clock, SystemClock
-from decisioning.decision_log import DecisionRecord, DecisionSink
+from decisioning.decision_log import DecisionRecord, DecisionSink, StartableSink
 from decisioning.experiments import Experiment, ShadowRunner, Variant
 from decisioning.frequency import FrequencyCounter, FrequencyUnavailable
 from decisioning.metrics import LatencyHistogram
@@ -296,6 +296,14 @@ class DecisionEngine:
         """Wait until every submitted shadow job ran (tests, reports)."""
         if self._shadow is not None:
             self._shadow.drain()
+
+    def start(self) -> None:
+        """Start-up work the first auctions should not pay for: the log sinks' writer
+        processes (:class:`~decisioning.decision_log.StartableSink`). The app's lifespan
+        calls it before serving."""
+        for sink in (self.sink, self.shadow_sink):
+            if isinstance(sink, StartableSink):
+                sink.start()
 
     def close(self) -> None:
         """Flush and close the sinks, then close backends and the campaign store."""

@@ -50,6 +50,7 @@ from adplatform.partwriter import encode_row, rows_table, timestamp_us
 from decisioning.budget import BudgetLedger, BudgetUnavailable, InvalidAmount, cpm_to_micros
 from decisioning.buffered import EncodedPartWriter
 from decisioning.clock import Clock, SystemClock
+from decisioning.decision_log import StartableSink
 from decisioning.errors import DecisionError
 from decisioning.frequency import FrequencyCounter, FrequencyUnavailable
 
@@ -411,6 +412,11 @@ class NoticeService:
             min_to_win=float(n.min_to_win) if n.min_to_win is not None else None)])
         self._count(f"{kind}.recorded")
         return NoticeResult("recorded", n)
+
+    def start(self) -> None:
+        """Start the notice log's writer process (see :meth:`DecisionEngine.start`)."""
+        if isinstance(self.sink, StartableSink):
+            self.sink.start()
 
     def close(self) -> None:
         self.sink.close()

@@ -170,6 +170,35 @@ async def test_threadpool_mode_and_shutdown_flush(tmp_path: Path, campaign_file:
     assert sink.pending == 0 and len(sink.files_written) == 1   # flushed by the lifespan
 
 
+async def test_the_lifespan_starts_the_log_writers_before_the_first_request(
+        tmp_path: Path, campaign_file: Path) -> None:
+    """The parquet logs' writer processes are spawned at start-up: spawned at the first
+    flush instead, mid-traffic, their start stalled answers for half a second."""
+    from decisioning.budget import InMemoryBudgetLedger
+    from decisioning.notices import (
+        InMemoryNoticeDedupe,
+        NoticeService,
+        ParquetNoticeSink,
+    )
+
+    sink = ParquetDecisionSink(tmp_path / "log", flush_every=10_000, flush_interval_s=None)
+    shadow = ParquetDecisionSink(tmp_path / "log" / "shadow", flush_every=10_000,
+                                 flush_interval_s=None)
+    notice_sink = ParquetNoticeSink(tmp_path / "log", flush_every=10_000,
+                                    flush_interval_s=None)
+    engine = DecisionEngine(featurizer=ZeroFeaturizer(), models=FixedBackend(),
+                            campaigns=FileCampaignStore(campaign_file), sink=sink,
+                            shadow_sink=shadow, clock=ManualClock(), config=EngineConfig())
+    notices = NoticeService(ledger=InMemoryBudgetLedger(), dedupe=InMemoryNoticeDedupe(),
+                            sink=notice_sink)
+    writers = [s._process for s in (sink, shadow, notice_sink)]
+    assert all(w is not None and w._pool is None for w in writers)   # nothing spawned yet
+    async with serve(create_app(engine, notices=notices)):
+        assert all(w is not None and w._pool is not None for w in writers)
+        assert sink.files_written == []                  # started, not flushed
+    assert all(s._process is None or s._process._closed for s in (sink, shadow, notice_sink))
+
+
 # --------------------------------------------------------------------------- fuzzing
 
 _scalar = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
