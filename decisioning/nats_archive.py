@@ -307,8 +307,6 @@ class _Archiver:
                                        config=config)
 
     async def _consume(self, sub: Any) -> None:
-        from nats.errors import TimeoutError as FetchTimeout
-
         buffered: list[Any] = []
         fetched = 0
         while self.max_messages is None or fetched < self.max_messages:
@@ -320,7 +318,11 @@ class _Archiver:
             wait = FLUSH_WAIT_S if buffered else self.idle_timeout_s
             try:
                 msgs = await sub.fetch(want, timeout=wait)
-            except FetchTimeout:
+            except TimeoutError:
+                # Nothing came within ``wait``. nats-py raises its own TimeoutError, or
+                # the builtin one when the deadline ran out between its no-wait probe and
+                # the lingering pull (seen on a loaded machine); the first subclasses
+                # the second, so one clause takes both.
                 msgs = []
             fetched += len(msgs)
             buffered.extend(msgs)
