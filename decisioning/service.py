@@ -68,7 +68,6 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
                   pacer: Pacer | None = None, clock: Clock | None = None,
                   log_root: Path | None = None, notice_base_url: str | None = None,
                   campaigns_path: Path | None = None,
-                  redis_prefix: str | None = None, postgres_schema: str | None = None,
                   shadow: bool = False, shared_state: Path | None = None,
                   worker: tuple[int, int] = (0, 1)) -> DecisionService:
     """The engine and notice service for ``settings.profile`` (see the module table).
@@ -81,9 +80,9 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
     budgets, caps and notice dedupe in this SQLite file, shared by every process that
     opens it (default: in this process's memory). ``worker``: this process is worker
     ``i`` of ``n`` writing the one log (part numbers ``≡ i (mod n)``).
-    ``redis_prefix`` and ``postgres_schema`` override ``settings.redis_prefix`` and
-    ``settings.postgres_schema`` (services profile); the decision log goes to
-    ``settings.nats_stream`` on ``settings.nats_subject``.
+    The services profile keeps its keys under ``settings.redis_prefix``, its campaigns in
+    ``settings.postgres_schema`` and its decision log on ``settings.nats_stream``
+    (subject ``settings.nats_subject``).
     """
     ws = settings.workspace.ensure()
     root = Path(log_root) if log_root is not None else ws.decisions
@@ -105,8 +104,7 @@ def build_service(settings: Settings, *, featurizer: AuctionFeaturizer, models: 
         from decisioning.notices import RedisNoticeDedupe
         from decisioning.redis_budget import RedisBudgetLedger, redis_client
 
-        prefix = settings.redis_prefix if redis_prefix is None else redis_prefix
-        schema = settings.postgres_schema if postgres_schema is None else postgres_schema
+        prefix, schema = settings.redis_prefix, settings.postgres_schema
         client = redis_client(settings.redis_url)
         ledger = RedisBudgetLedger(client, prefix=prefix, wall_ms=wall_ms)
         frequency = RedisFrequencyCounter(client, prefix=prefix)

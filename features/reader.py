@@ -222,8 +222,8 @@ class OnlineReader:
                     out[view] = rows.copy()
                     continue
                 batches.append(whole)
-            # One key (the request-level views): a copy of a NaN row, a quarter of the
-            # cost of np.full on every auction.
+            # One key (the request-level views): a copy of a NaN row costs less than
+            # np.full, on every auction.
             arr = (self._nan_row[view].copy() if len(keys) == 1
                    else np.full((len(keys), len(self._fields[view])), np.nan))
             out[view] = arr

@@ -160,12 +160,10 @@ def build_pricer(models: ModelBackend, config: EngineConfig) -> BidPricer:
         # factor per auction until a landscape arrives, and counts the fallbacks.
         log.warning("model versions unknown (%s): pricing with the shading model "
                     "where a landscape comes back", exc)
-        pricer = ShadingPricer(fallback=constant)
-        pricer.warm()
-        return pricer
-    if "shading" not in served:
-        log.info("no shading model served: bidding value x %.2f", config.shade_factor)
-        return constant
+    else:
+        if "shading" not in served:
+            log.info("no shading model served: bidding value x %.2f", config.shade_factor)
+            return constant
     pricer = ShadingPricer(fallback=constant)
     pricer.warm()
     return pricer

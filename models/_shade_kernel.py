@@ -28,6 +28,7 @@ import numpy as np
 
 _SQRTH = math.sqrt(0.5)          # cephes ndtr: x / sqrt(2)
 _compiled: dict[str, Any] = {}
+_helpers_registered = False
 
 
 def _ndtr(a: float) -> float:
@@ -114,10 +115,13 @@ def _kernel(name: str) -> Any:
         import numba
         from numba.extending import register_jitable
 
-        # The helpers become callable from compiled code (they stay plain functions
-        # for Python callers); done here, not at import, so importing costs no numba.
-        register_jitable(_ndtr)
-        register_jitable(_p_win)
+        global _helpers_registered
+        if not _helpers_registered:
+            # The helpers become callable from compiled code (they stay plain functions
+            # for Python callers); once, here, not at import: importing costs no numba.
+            register_jitable(_ndtr)
+            register_jitable(_p_win)
+            _helpers_registered = True
         fn = _compiled[name] = numba.njit(cache=True, nogil=True)(
             {"shade": _shade, "ok": _landscape_ok}[name])
     return fn

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtr
 
+from models import _shade_kernel  # numpy only at import; numba on first use
+
 if TYPE_CHECKING:
     from decisioning.pricing import BidPricer
     from features.context import RequestContext
@@ -228,17 +230,13 @@ class ShadingPricer:
     def warm(self) -> None:
         """Compile the serving kernels now (or load them from numba's cache), so that the
         first auctions do not pay for it; the decision service calls this at start."""
-        from models._shade_kernel import warm
-
-        warm()
+        _shade_kernel.warm()
 
     @staticmethod
     def _usable(land: np.ndarray | None, n: int) -> bool:
         """A landscape to price ``n`` candidates with: (1 or n, 3M), finite, sigma > 0."""
-        from models._shade_kernel import landscape_ok
-
         return (land is not None and land.ndim == 2 and land.shape[0] in (1, n)
-                and land.shape[1] % 3 == 0 and land.shape[1] > 0 and landscape_ok(land))
+                and land.shape[1] % 3 == 0 and land.shape[1] > 0 and _shade_kernel.landscape_ok(land))
 
     def policy_for(self, scores: AuctionScores, n: int) -> str:
         """``policy`` when the landscape is usable, else the fallback's policy (what
@@ -260,9 +258,7 @@ class ShadingPricer:
         if land.shape[0] == 1:                                                # one landscape
             # shade_single's argmax, compiled (models/_shade_kernel.py): the same prices
             # to rounding, for a fraction of its numpy-call overhead on every auction.
-            from models._shade_kernel import shade
-
-            return shade(vals, max(float(ctx.bidfloor), MIN_PRICE), land, self.grid)
+            return _shade_kernel.shade(vals, max(float(ctx.bidfloor), MIN_PRICE), land, self.grid)
         # One landscape per candidate: N = K rows of one value each.
         return optimal_bids(vals[:, None], np.full(vals.shape[0], ctx.bidfloor),
                             mixture_cdf(land), grid=self.grid, refine=self.refine,
