@@ -120,14 +120,12 @@ def build_decision_service(world: Settings, campaigns: Path, log_root: Path,
     """The service as ``adplatform serve`` wires it (:func:`mlops.serve.build_decision_
     service`: the champions, the fraud model at its registered threshold, the shading
     model's pricer), with the bench's campaigns and ``max_candidates``."""
-    from decisioning.engine import EngineConfig
     from mlops.registry_sidecar import RegistrySidecar
     from mlops.serve import build_decision_service as build
-    from mlops.serve import fraud_threshold
+    from mlops.serve import engine_config
 
     with RegistrySidecar(world) as registry:
-        cfg = EngineConfig(seed=world.seed, max_candidates=K,
-                           fraud_threshold=fraud_threshold(world, registry=registry) or 0.5)
+        cfg = engine_config(world, registry=registry, max_candidates=K)
         return build(world, config=cfg, registry=registry, notice_base_url=notice_base_url,
                      log_root=log_root, worker=worker, shared_state=shared_state,
                      campaigns_path=campaigns)

@@ -264,14 +264,19 @@ class NatsDecisionSink:
 
 async def read_stream(url: str, stream: str, subject: str, *,
                       timeout_s: float = 2.0) -> list[dict[str, Any]]:
-    """Every message in ``stream`` (an ephemeral ordered consumer): tests and tools."""
+    """Every message of ``subject`` in ``stream`` (an ephemeral ordered consumer): tests
+    and tools. Only that subject's messages are counted, so a stream that also carries
+    other subjects (a wildcard subject sums its matches) does not wait for messages
+    the consumer never receives."""
     import nats
 
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(stream)
-        total = info.state.messages
+        info = await js.stream_info(stream, subjects_filter=subject)
+        total = sum((info.state.subjects or {}).values())
+        if total == 0:
+            return []
         sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
         out: list[dict[str, Any]] = []
         while len(out) < total:

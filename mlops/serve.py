@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adplatform.config import Settings
 from decisioning.app import create_app
@@ -95,6 +95,17 @@ def fraud_threshold(settings: Settings, alias: str = "champion", *,
     return float(tags["threshold"]) if "threshold" in tags else None
 
 
+def engine_config(settings: Settings, *, registry: RegistrySidecar | None = None,
+                  **overrides: Any) -> EngineConfig:
+    """The engine's configuration as ``adplatform serve`` sets it: the settings' seed
+    and the registered fraud model's threshold (0.5 when it has none), with
+    ``overrides`` (any other :class:`EngineConfig` field) on top."""
+    fields: dict[str, Any] = {
+        "seed": settings.seed,
+        "fraud_threshold": fraud_threshold(settings, registry=registry) or 0.5}
+    return EngineConfig(**(fields | overrides))
+
+
 def build_decision_service(settings: Settings, *, config: EngineConfig | None = None,
                            registry: RegistrySidecar | None = None,
                            notice_base_url: str | None = None,
@@ -122,8 +133,7 @@ def build_decision_service(settings: Settings, *, config: EngineConfig | None = 
     from features.store import open_store
 
     with _registry(settings, registry) as reg:
-        cfg = config or EngineConfig(
-            seed=settings.seed, fraud_threshold=fraud_threshold(settings, registry=reg) or 0.5)
+        cfg = config or engine_config(settings, registry=reg)
         served = models if models is not None else build_backend(settings, registry=reg)
     return build_service(
         settings, featurizer=OnlineReader(open_store(settings), shared_data=settings.shared_data),
@@ -285,5 +295,5 @@ def run_server(settings: Settings, *, host: str, port: int,
 
 
 __all__ = ["build_backend", "build_decision_service", "build_pricer", "decision_app",
-           "keep_torch_out", "notice_url", "onnx_backend", "run_server", "shared_state_path",
-           "worker_app"]
+           "engine_config", "fraud_threshold", "keep_torch_out", "notice_url", "onnx_backend",
+           "run_server", "shared_state_path", "worker_app"]

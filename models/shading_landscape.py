@@ -222,6 +222,11 @@ class ShadingPricer:
         self.grid, self.refine, self.rounds = grid, refine, rounds
         self._policy = policy
         self.fallbacks = 0
+        # The landscape :meth:`price` checked last, for how many candidates, and the
+        # verdict, so that :meth:`policy_for` on the same scores does not check it again
+        # (one tuple, replaced whole: a concurrent auction's landscape is another object
+        # and is simply checked).
+        self._checked: tuple[np.ndarray | None, int, bool] = (None, 0, False)
 
     @property
     def policy(self) -> str:
@@ -241,7 +246,10 @@ class ShadingPricer:
     def policy_for(self, scores: AuctionScores, n: int) -> str:
         """``policy`` when the landscape is usable, else the fallback's policy (what
         actually priced the bid is what the decision log must say)."""
-        if self._usable(scores.shading, n):
+        land, checked_n, usable = self._checked
+        if land is None or land is not scores.shading or checked_n != n:
+            usable = self._usable(scores.shading, n)
+        if usable:
             return self._policy
         return self.fallback.policy_for(scores, n)
 
@@ -251,7 +259,9 @@ class ShadingPricer:
         if not first_price:
             return vals
         land = scores.shading
-        if land is None or not self._usable(land, vals.shape[0]):
+        usable = land is not None and self._usable(land, vals.shape[0])
+        self._checked = (land, vals.shape[0], usable)
+        if land is None or not usable:
             self.fallbacks += 1
             return np.asarray(self.fallback.price(vals, ctx, scores, first_price=first_price),
                               dtype=np.float64)

@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from adplatform.config import Settings
@@ -288,8 +289,29 @@ def test_nats_sink_publishes_once_per_decision_and_flushes_on_close() -> None:
         assert len(got) == 500
         assert {g["request_id"] for g in got} == {r.request_id for r in records}
         assert got[0]["variant"] == "default" and got[0]["ts"].startswith("2024-03-01T23:59")
+        # A stream that carries another subject too: only this subject's records count.
+        other = f"{subject}.other"
+        asyncio.run(_add_subject_and_publish(stream, subject, other, count=3))
+        assert len(asyncio.run(read_stream(NATS, stream, subject, timeout_s=5.0))) == 500
+        assert len(asyncio.run(read_stream(NATS, stream, other, timeout_s=5.0))) == 3
+        assert asyncio.run(read_stream(NATS, stream, f"{subject}.none", timeout_s=5.0)) == []
     finally:
         asyncio.run(delete_stream(stream))
+
+
+async def _add_subject_and_publish(stream: str, subject: str, other: str, *,
+                                   count: int) -> None:
+    import nats
+
+    nc = await nats.connect(NATS)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(stream)
+        await js.update_stream(info.config.evolve(subjects=[subject, other]))
+        for i in range(count):
+            await js.publish(other, orjson.dumps({"n": i}))
+    finally:
+        await nc.close()
 
 
 def test_nats_down_spills_to_the_fallback_sink() -> None:

@@ -87,3 +87,34 @@ def test_run_server_serves_notices_and_counts_spend_from_billing(
 
     assert len(read_events(logs, "decisions")) == len(reqs)
     assert (read_notices(logs)["kind"] == "billing").sum() == 20
+
+
+class _Registry:
+    """A registry sidecar's ``resolve``: the fraud champion's tags, or no fraud model."""
+
+    def __init__(self, tags: dict[str, str] | None) -> None:
+        self.tags = tags
+
+    def resolve(self, name: str, alias: str) -> Any:
+        from types import SimpleNamespace
+
+        from mlops.errors import ModelNotFound
+
+        if self.tags is None or name != "fraud":
+            raise ModelNotFound(f"models:/{name}@{alias}")
+        return SimpleNamespace(tags=self.tags)
+
+
+def test_engine_config_takes_the_registered_fraud_threshold_and_overrides(
+        tmp_path: Path) -> None:
+    from mlops.serve import engine_config
+
+    settings = Settings(home=tmp_path, seed=11)  # type: ignore[call-arg]
+    cfg = engine_config(settings, registry=_Registry({"threshold": "0.73"}),  # type: ignore[arg-type]
+                        max_candidates=20)
+    assert (cfg.fraud_threshold, cfg.max_candidates, cfg.seed) == (0.73, 20, 11)
+    untagged = engine_config(settings, registry=_Registry({}))  # type: ignore[arg-type]
+    missing = engine_config(settings, registry=_Registry(None))  # type: ignore[arg-type]
+    assert untagged.fraud_threshold == missing.fraud_threshold == 0.5
+    assert engine_config(settings, registry=_Registry({"threshold": "0.9"}),  # type: ignore[arg-type]
+                         fraud_threshold=0.2).fraud_threshold == 0.2
