@@ -162,4 +162,23 @@ def read_events(root: Path, table: str, *, start: date | None = None,
     return dataset.to_table().to_pandas()
 
 
-__all__ = ["SCHEMAS", "SCHEMA_VERSION", "TABLES", "read_events", "to_arrow", "write_events"]
+def last_event_time(root: Path) -> pd.Timestamp | None:
+    """The latest ``ts`` of any table in the log (None for an empty log): the log's
+    "now". Reads only the ``ts`` column of each table's last day."""
+    latest: pd.Timestamp | None = None
+    for table in TABLES:
+        days = sorted((root / table).glob("date=*"))
+        files = sorted(days[-1].glob("*.parquet")) if days else []
+        if not files:
+            continue
+        ts = ds.dataset([str(f) for f in files], schema=SCHEMAS[table],
+                        format="parquet").to_table(columns=["ts"]).column("ts")
+        top = pc.max(ts).as_py() if len(ts) else None
+        if top is not None:
+            stamp = pd.Timestamp(top)
+            latest = stamp if latest is None else max(latest, stamp)
+    return latest
+
+
+__all__ = ["SCHEMAS", "SCHEMA_VERSION", "TABLES", "last_event_time", "read_events", "to_arrow",
+           "write_events"]

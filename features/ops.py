@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from adplatform.config import Settings
+from adplatform.eventlog import last_event_time
 from features.pipeline import compute_views, write_views
 from features.repo import definitions
 from features.store import offline_dir, open_store
@@ -45,6 +46,11 @@ def materialize(settings: Settings, end: datetime | None = None, *,
     minus ``lookback``: late clicks and conversions (inside their attribution window)
     change recent snapshots, so the last ``lookback`` is always reloaded. The first run
     loads everything. Times are the event log's (simulated) times, never the wall clock.
+
+    ``end`` defaults to the log's last event (+1 s), its "now". The batch views also
+    hold each window's future zeros (a key's 7-day count drops to zero a week after its
+    last event); those lie after the log's end and are loaded by a later run whose log
+    reaches them, never ahead of time (that would serve every window as already empty).
     """
     from features.streaming import backfill_frames, write_backfill
 
@@ -54,20 +60,22 @@ def materialize(settings: Settings, end: datetime | None = None, *,
     # aggregator runs; only the aggregator writes them online (no materialization).
     rows.update(write_backfill(backfill_frames(settings.workspace.events), offline_dir(settings)))
     store = apply(settings)
-    latest = [df["event_timestamp"].max() for df in frames.values() if len(df)]
     if end is None:
-        last = max(latest) if latest else pd.Timestamp.now(tz="UTC")
+        last = last_event_time(settings.workspace.events)
+        if last is None:
+            last = pd.Timestamp.now(tz="UTC")
         end = last.to_pydatetime() + timedelta(seconds=1)
     starts: list[datetime] = []
     for name, df in frames.items():
         if df.empty:
             continue
         view = store.get_feature_view(name)
-        done = [iv[1] for iv in view.materialization_intervals]
-        if done:
-            start = max(done) - lookback
-        else:
-            start = df["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
+        done = [iv[1] for iv in view.materialization_intervals]       # in run order
+        first = df["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
+        # The last run loaded past this log's end (the log was rebuilt, or an older
+        # version loaded the windows' future zeros): everything again, so that every
+        # key's row is the one as of ``end`` (the online write is an upsert).
+        start = done[-1] - lookback if done and done[-1] <= end else first
         if start >= end:
             continue
         store.materialize(start_date=start, end_date=end, feature_views=[name])

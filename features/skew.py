@@ -10,6 +10,7 @@ a writer that bypassed the feature definitions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from adplatform.config import Settings
 from features.reader import OnlineReader, ReaderConfig
 from features.repo import VIEWS
 from features.store import offline_dir, open_store
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 @dataclass
@@ -49,7 +53,10 @@ def skew_check(settings: Settings, *, sample: int = 500, threshold: float = 0.0,
         offline = pd.read_parquet(path, columns=[key, "event_timestamp"])
         if offline.empty:
             continue
-        as_of = offline["event_timestamp"].max()
+        as_of = _materialized_until(store, view)
+        if as_of is None:                     # never materialized: the offline store's end
+            as_of = offline["event_timestamp"].max()
+        offline = offline[offline["event_timestamp"] <= as_of]
         report.as_of = as_of if report.as_of is None else max(report.as_of, as_of)
         keys = offline[key].drop_duplicates().to_numpy()
         keys = rng.choice(keys, size=min(sample, len(keys)), replace=False)
@@ -64,6 +71,15 @@ def skew_check(settings: Settings, *, sample: int = 500, threshold: float = 0.0,
             same = np.isclose(off, on, rtol=1e-6, atol=1e-9, equal_nan=True)
             report.mismatch[f"{view}:{f}"] = float(1.0 - same.mean())
     return report
+
+
+def _materialized_until(store: FeatureStore, view: str) -> pd.Timestamp | None:
+    """The end of the view's last materialized interval (UTC), or None."""
+    ends = [iv[1] for iv in store.get_feature_view(view).materialization_intervals]
+    if not ends:
+        return None
+    end = pd.Timestamp(max(ends))
+    return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 
 __all__ = ["SkewReport", "skew_check"]
