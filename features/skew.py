@@ -74,11 +74,11 @@ def skew_check(settings: Settings, *, sample: int = 500, threshold: float = 0.0,
 
 
 def _materialized_until(store: FeatureStore, view: str) -> pd.Timestamp | None:
-    """The end of the view's last materialized interval (UTC), or None."""
-    ends = [iv[1] for iv in store.get_feature_view(view).materialization_intervals]
-    if not ends:
+    """The end of the view's last materialized interval, in run order (UTC), or None."""
+    intervals = store.get_feature_view(view).materialization_intervals
+    if not intervals:
         return None
-    end = pd.Timestamp(max(ends))
+    end = pd.Timestamp(intervals[-1][1])
     return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 

@@ -17,7 +17,7 @@ def test_no_skew_after_materialize(trained_workspace: Settings) -> None:
 
 def test_injected_skew_is_caught(trained_workspace: Settings) -> None:
     store = open_store(trained_workspace)
-    as_of = max(iv[1] for iv in store.get_feature_view("ad_stats").materialization_intervals)
+    as_of = store.get_feature_view("ad_stats").materialization_intervals[-1][1]
     latest = pd.read_parquet(offline_dir(trained_workspace) / "ad_stats.parquet")
     # What the online store holds: each ad's last row up to the materialization's end
     # (later rows are the windows' future zeros).
@@ -41,15 +41,19 @@ def test_online_store_serves_the_log_end_not_the_windows_future_zeros(
     are what they were then (non-zero), not the zeros its windows decay to a week later,
     which the offline store already holds."""
     from adplatform.eventlog import last_event_time, read_events
+    from features.ops import materialize
 
     ws = trained_workspace.workspace
+    # Other tests append to this workspace's log: materialize what it holds now.
+    result = materialize(trained_workspace)
     end = last_event_time(ws.events)
     requests = read_events(ws.events, "requests")
     assert end is not None and end >= requests["ts"].max()
+    assert pd.Timestamp(result.end) == end + pd.Timedelta(seconds=1)
     store = open_store(trained_workspace)
-    (as_of,) = {max(iv[1] for iv in store.get_feature_view(v).materialization_intervals)
+    (as_of,) = {store.get_feature_view(v).materialization_intervals[-1][1]
                 for v in ("publisher_stats", "ad_stats", "user_stats")}
-    assert pd.Timestamp(as_of) == end + pd.Timedelta(seconds=1)
+    assert pd.Timestamp(as_of) == pd.Timestamp(result.end)
     offline = pd.read_parquet(offline_dir(trained_workspace) / "publisher_stats.parquet")
     assert offline["event_timestamp"].max() > pd.Timestamp(as_of)   # the future zeros
     busiest = str(requests["publisher_id"].value_counts().index[0])
@@ -61,8 +65,6 @@ def test_online_store_serves_the_log_end_not_the_windows_future_zeros(
 
     # A run that loaded past the log's end (what materialize did before 2026-12-06)
     # leaves the windows' zeros online; the next default run loads the log end again.
-    from features.ops import materialize
-
     materialize(trained_workspace, end=(end + pd.Timedelta(days=8)).to_pydatetime())
     assert _online(trained_workspace, busiest) == 0.0
     materialize(trained_workspace)
