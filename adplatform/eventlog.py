@@ -173,7 +173,7 @@ def last_event_time(root: Path) -> pd.Timestamp | None:
             continue
         ts = ds.dataset([str(f) for f in files], schema=SCHEMAS[table],
                         format="parquet").to_table(columns=["ts"]).column("ts")
-        top = pc.max(ts).as_py() if len(ts) else None
+        top = pc.max(ts).as_py()           # None for a table with no rows
         if top is not None:
             stamp = pd.Timestamp(top)
             latest = stamp if latest is None else max(latest, stamp)

@@ -175,9 +175,8 @@ class EncodedPartWriter(BufferedParquetWriter[T]):
     def start(self) -> None:
         """Start the writer process now rather than at the first flush: spawning it
         (a new interpreter importing pyarrow) at full priority while a service answers
-        auctions stalls them. The service calls this
-        at start-up. A child that cannot start is logged; the first flush tries again
-        and fails as usual (its rows kept)."""
+        auctions stalls them. The service calls this at start-up. A child that cannot
+        start is logged; the first flush tries again and fails as usual (its rows kept)."""
         if self._process is None:
             return
         try:

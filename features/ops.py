@@ -14,7 +14,7 @@ from adplatform.config import Settings
 from adplatform.eventlog import last_event_time
 from features.pipeline import compute_views, write_views
 from features.repo import definitions
-from features.store import offline_dir, open_store
+from features.store import materialized_until, offline_dir, open_store
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -69,13 +69,12 @@ def materialize(settings: Settings, end: datetime | None = None, *,
     for name, df in frames.items():
         if df.empty:
             continue
-        view = store.get_feature_view(name)
-        done = [iv[1] for iv in view.materialization_intervals]       # in run order
+        done = materialized_until(store, name)
         first = df["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
         # The last run loaded past this log's end (the log was rebuilt, or an older
         # version loaded the windows' future zeros): everything again, so that every
         # key's row is the one as of ``end`` (the online write is an upsert).
-        start = done[-1] - lookback if done and done[-1] <= end else first
+        start = done - lookback if done is not None and done <= end else first
         if start >= end:
             continue
         store.materialize(start_date=start, end_date=end, feature_views=[name])

@@ -10,7 +10,6 @@ a writer that bypassed the feature definitions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,10 +17,7 @@ import pandas as pd
 from adplatform.config import Settings
 from features.reader import OnlineReader, ReaderConfig
 from features.repo import VIEWS
-from features.store import offline_dir, open_store
-
-if TYPE_CHECKING:
-    from feast import FeatureStore
+from features.store import materialized_until, offline_dir, open_store
 
 
 @dataclass
@@ -53,9 +49,9 @@ def skew_check(settings: Settings, *, sample: int = 500, threshold: float = 0.0,
         offline = pd.read_parquet(path, columns=[key, "event_timestamp"])
         if offline.empty:
             continue
-        as_of = _materialized_until(store, view)
-        if as_of is None:                     # never materialized: the offline store's end
-            as_of = offline["event_timestamp"].max()
+        until = materialized_until(store, view)
+        # Never materialized: the offline store's end.
+        as_of = offline["event_timestamp"].max() if until is None else pd.Timestamp(until)
         offline = offline[offline["event_timestamp"] <= as_of]
         report.as_of = as_of if report.as_of is None else max(report.as_of, as_of)
         keys = offline[key].drop_duplicates().to_numpy()
@@ -71,15 +67,6 @@ def skew_check(settings: Settings, *, sample: int = 500, threshold: float = 0.0,
             same = np.isclose(off, on, rtol=1e-6, atol=1e-9, equal_nan=True)
             report.mismatch[f"{view}:{f}"] = float(1.0 - same.mean())
     return report
-
-
-def _materialized_until(store: FeatureStore, view: str) -> pd.Timestamp | None:
-    """The end of the view's last materialized interval, in run order (UTC), or None."""
-    intervals = store.get_feature_view(view).materialization_intervals
-    if not intervals:
-        return None
-    end = pd.Timestamp(intervals[-1][1])
-    return end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
 
 
 __all__ = ["SkewReport", "skew_check"]

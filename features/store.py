@@ -8,6 +8,7 @@ environment, so library code never mutates ``os.environ``.
 from __future__ import annotations
 
 import string
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,4 +56,15 @@ def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(config=config)
 
 
-__all__ = ["REPO_DIR", "offline_dir", "open_store", "repo_config_dict"]
+def materialized_until(store: FeatureStore, view: str) -> datetime | None:
+    """The end of the view's last materialization (the latest run's interval, in UTC;
+    Feast keeps the intervals in run order), or None when it was never materialized:
+    the instant the online store's rows are as of."""
+    intervals = store.get_feature_view(view).materialization_intervals
+    if not intervals:
+        return None
+    end = intervals[-1][1]
+    return end.replace(tzinfo=UTC) if end.tzinfo is None else end.astimezone(UTC)
+
+
+__all__ = ["REPO_DIR", "materialized_until", "offline_dir", "open_store", "repo_config_dict"]

@@ -222,11 +222,6 @@ class ShadingPricer:
         self.grid, self.refine, self.rounds = grid, refine, rounds
         self._policy = policy
         self.fallbacks = 0
-        # The landscape :meth:`price` checked last, for how many candidates, and the
-        # verdict, so that :meth:`policy_for` on the same scores does not check it again
-        # (one tuple, replaced whole: a concurrent auction's landscape is another object
-        # and is simply checked).
-        self._checked: tuple[np.ndarray | None, int, bool] = (None, 0, False)
 
     @property
     def policy(self) -> str:
@@ -241,15 +236,13 @@ class ShadingPricer:
     def _usable(land: np.ndarray | None, n: int) -> bool:
         """A landscape to price ``n`` candidates with: (1 or n, 3M), finite, sigma > 0."""
         return (land is not None and land.ndim == 2 and land.shape[0] in (1, n)
-                and land.shape[1] % 3 == 0 and land.shape[1] > 0 and _shade_kernel.landscape_ok(land))
+                and land.shape[1] % 3 == 0 and land.shape[1] > 0
+                and _shade_kernel.landscape_ok(land))
 
     def policy_for(self, scores: AuctionScores, n: int) -> str:
         """``policy`` when the landscape is usable, else the fallback's policy (what
         actually priced the bid is what the decision log must say)."""
-        land, checked_n, usable = self._checked
-        if land is None or land is not scores.shading or checked_n != n:
-            usable = self._usable(scores.shading, n)
-        if usable:
+        if self._usable(scores.shading, n):
             return self._policy
         return self.fallback.policy_for(scores, n)
 
@@ -259,16 +252,15 @@ class ShadingPricer:
         if not first_price:
             return vals
         land = scores.shading
-        usable = land is not None and self._usable(land, vals.shape[0])
-        self._checked = (land, vals.shape[0], usable)
-        if land is None or not usable:
+        if land is None or not self._usable(land, vals.shape[0]):
             self.fallbacks += 1
             return np.asarray(self.fallback.price(vals, ctx, scores, first_price=first_price),
                               dtype=np.float64)
         if land.shape[0] == 1:                                                # one landscape
             # shade_single's argmax, compiled (models/_shade_kernel.py): the same prices
             # to rounding, for a fraction of its numpy-call overhead on every auction.
-            return _shade_kernel.shade(vals, max(float(ctx.bidfloor), MIN_PRICE), land, self.grid)
+            return _shade_kernel.shade(vals, max(float(ctx.bidfloor), MIN_PRICE), land,
+                                       self.grid)
         # One landscape per candidate: N = K rows of one value each.
         return optimal_bids(vals[:, None], np.full(vals.shape[0], ctx.bidfloor),
                             mixture_cdf(land), grid=self.grid, refine=self.refine,

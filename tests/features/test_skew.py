@@ -6,7 +6,7 @@ import pandas as pd
 
 from adplatform.config import Settings
 from features.skew import skew_check
-from features.store import offline_dir, open_store
+from features.store import materialized_until, offline_dir, open_store
 
 
 def test_no_skew_after_materialize(trained_workspace: Settings) -> None:
@@ -17,11 +17,12 @@ def test_no_skew_after_materialize(trained_workspace: Settings) -> None:
 
 def test_injected_skew_is_caught(trained_workspace: Settings) -> None:
     store = open_store(trained_workspace)
-    as_of = store.get_feature_view("ad_stats").materialization_intervals[-1][1]
+    as_of = materialized_until(store, "ad_stats")
+    assert as_of is not None
     latest = pd.read_parquet(offline_dir(trained_workspace) / "ad_stats.parquet")
     # What the online store holds: each ad's last row up to the materialization's end
     # (later rows are the windows' future zeros).
-    latest = latest[latest["event_timestamp"] <= pd.Timestamp(as_of).tz_convert("UTC")]
+    latest = latest[latest["event_timestamp"] <= pd.Timestamp(as_of)]
     latest = latest.sort_values("event_timestamp").groupby("creative_id").tail(1)
     bad = latest.copy()
     bad["ad_clicks_7d"] = bad["ad_clicks_7d"] + 1000      # a writer that bypassed the pipeline
@@ -51,8 +52,8 @@ def test_online_store_serves_the_log_end_not_the_windows_future_zeros(
     assert end is not None and end >= requests["ts"].max()
     assert pd.Timestamp(result.end) == end + pd.Timedelta(seconds=1)
     store = open_store(trained_workspace)
-    (as_of,) = {store.get_feature_view(v).materialization_intervals[-1][1]
-                for v in ("publisher_stats", "ad_stats", "user_stats")}
+    (as_of,) = {materialized_until(store, v) for v in ("publisher_stats", "ad_stats",
+                                                      "user_stats")}
     assert pd.Timestamp(as_of) == pd.Timestamp(result.end)
     offline = pd.read_parquet(offline_dir(trained_workspace) / "publisher_stats.parquet")
     assert offline["event_timestamp"].max() > pd.Timestamp(as_of)   # the future zeros

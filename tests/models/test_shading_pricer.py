@@ -125,32 +125,3 @@ def test_malformed_landscapes_fall_back() -> None:
         out = pricer.price(values, ctx, _scores(land.astype(np.float32), 3), first_price=True)
         assert np.allclose(out, 0.7 * values)
     assert pricer.fallbacks == 3
-
-
-def test_policy_for_reuses_the_check_price_made(monkeypatch: pytest.MonkeyPatch) -> None:
-    import models.shading_landscape as sl
-
-    checks: list[int] = []
-    real = sl._shade_kernel.landscape_ok
-
-    def counted(land: np.ndarray) -> bool:
-        checks.append(1)
-        return bool(real(land))
-
-    monkeypatch.setattr(sl._shade_kernel, "landscape_ok", counted)
-    pricer = ShadingPricer()
-    values = np.array([1.0, 2.0, 3.0])
-    bad = LAND.copy()
-    bad[0, 5] = np.nan
-    for land, policy in ((LAND, "shading_model"), (bad, "shade_factor_0.7")):
-        scores = _scores(land, 3)
-        checks.clear()
-        pricer.price(values, _ctx(0.1), scores, first_price=True)
-        assert pricer.policy_for(scores, 3) == policy and len(checks) == 1
-        # Other scores, or another candidate count, are checked again.
-        assert pricer.policy_for(_scores(land.copy(), 3), 3) == policy and len(checks) == 2
-        assert pricer.policy_for(scores, 2) == policy and len(checks) == 3
-    # A landscape of 3 rows is usable for 3 candidates and not for 2.
-    three = np.repeat(LAND, 3, axis=0)
-    pricer.price(values, _ctx(0.1), _scores(three, 3), first_price=True)
-    assert pricer.policy_for(_scores(three, 2), 2) == "shade_factor_0.7"
