@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,64 @@ def run(settings: Settings, *, n: int = 3000, seed: int = 5) -> list[Row]:
             hit_rate=round(cached.cache_stats.hit_rate, 4), cache_size=cfg.cache_size,
             cache_ttl_s=cfg.cache_ttl_s), base))
     rows += freshness(stores["sqlite"], stores["redis"])
+    rows += crawler_match(settings.shared_data, seed=seed)
     return rows
+
+
+def browser_agents(n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` distinct browser user agents (Chrome, Firefox and Safari templates with
+    random versions and devices): each is new to a matcher, as a fresh device is."""
+    templates = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/{a}.0.{b}.{c} Safari/537.36",
+        "Mozilla/5.0 (Linux; Android {d}; SM-A{b}) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/{a}.0.{c}.0 Mobile Safari/537.36",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:{a}.{d}) Gecko/{b}0101 Firefox/{a}.{d}.{c}",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS {d}_{c} like Mac OS X) AppleWebKit/605.1.{b} "
+        "(KHTML, like Gecko) Version/{d}.{c} Mobile/15E{b} Safari/604.1",
+    )
+    out: set[str] = set()
+    while len(out) < n:     # every template has ~10^7 variants or more: this ends
+        a, b, c, d = (int(x) for x in rng.integers((90, 100, 0, 9), (140, 9999, 300, 19)))
+        out.add(templates[len(out) % len(templates)].format(a=a, b=b, c=c, d=d))
+    return sorted(out)
+
+
+def crawler_match(shared_data: Path, *, n: int = 2000, seed: int = 5) -> list[Row]:
+    """The crawler signal for user agents a process has not seen yet (its result is
+    memoised per agent after that): Python's ``re`` alternation of every pattern (the
+    baseline) against :class:`features.ivt.CrawlerMatcher` (RE2), on distinct browser
+    agents and on the crawler list's own examples when the shared data is there."""
+    import json
+
+    from features.ivt import CrawlerMatcher, crawler_patterns, crawler_regex
+
+    source = shared_data if (shared_data / "crawler_user_agents").exists() else None
+    patterns = crawler_patterns(source)
+    agents = browser_agents(n, np.random.default_rng(seed))
+    if source is not None:
+        entries = json.loads((source / "crawler_user_agents" /
+                              "crawler-user-agents.json").read_text())
+        agents += [str(i) for e in entries for i in e.get("instances", [])][:n]
+    reference, matcher = crawler_regex(source), CrawlerMatcher(patterns)
+    label = f"{len(patterns)} patterns, {len(agents)} distinct agents"
+
+    def timed(search: Callable[[str], object]) -> tuple[np.ndarray, float]:
+        for ua in agents[:50]:
+            search(ua)                              # compiled (RE2 builds its DFA lazily)
+        lat = np.empty(len(agents))
+        t_start = time.perf_counter()
+        for i, ua in enumerate(agents):
+            t0 = time.perf_counter()
+            search(ua)
+            lat[i] = (time.perf_counter() - t0) * 1000.0
+        return lat, len(agents) / (time.perf_counter() - t_start)
+
+    lat, rps = timed(reference.search)
+    base = _row(f"crawler match, re ({label})", "-", lat, rps)
+    lat, rps = timed(matcher.search)
+    return [base, with_ratios(_row(f"crawler match, RE2 ({label})", base.target, lat, rps,
+                                   re_fallback_patterns=matcher.re_patterns), base)]
 
 
 def freshness(sqlite: Settings, redis_settings: Settings, n: int = 300) -> list[Row]:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
+from pathlib import Path
 
 import pytest
 
-from features.ivt import _ipv4, is_datacenter, ivt_values
+from features.ivt import (
+    CrawlerMatcher,
+    _ipv4,
+    crawler_patterns,
+    is_crawler,
+    is_datacenter,
+    ivt_values,
+)
 
 ADDRESSES = ["1.2.3.4", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3",
              "1.2.3.4.5", "1.2.3.04", " 1.2.3.4", "1.2.3.4 ", "", "::1", "1.2.3.a",
@@ -31,3 +41,53 @@ def test_datacenter_and_values() -> None:
                                                                               False]
     assert ivt_values("52.1.2.3", "Googlebot/2.1") == (1.0, 1.0, 13.0)
     assert ivt_values("", "") == (0.0, 0.0, 0.0)
+
+
+BROWSERS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/132.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_2 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.2 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 15; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/132.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:135.0) Gecko/20100101 Firefox/135.0",
+    "", "\u0661\u0662 robot \u00e9t\u00e9", "Dalvik/2.1.0 (Linux; U; Android 14)",
+]
+
+
+def _agree(patterns: tuple[str, ...], uas: list[str]) -> list[str]:
+    reference = re.compile("|".join(f"(?:{p})" for p in patterns))
+    matcher = CrawlerMatcher(patterns)
+    return [ua for ua in uas if matcher.search(ua) != (reference.search(ua) is not None)]
+
+
+def test_crawler_matcher_agrees_with_re_on_the_builtin_list() -> None:
+    patterns = crawler_patterns(None)
+    uas = [*BROWSERS, "Googlebot/2.1", "curl/8.5", "Mozilla/5.0 (compatible; bingbot/2.0)",
+           "abot/1", "Abot/1", "my crawler", "python-requests/2.32"]
+    assert _agree(patterns, uas) == []
+    assert [CrawlerMatcher(patterns).search(u) for u in uas[-7:]] == [
+        True, True, True, True, False, True, True]
+
+
+def test_crawler_matcher_keeps_patterns_re2_rejects() -> None:
+    # A lookahead and a backreference: RE2 has neither, so they stay on Python's re.
+    patterns = ("Googlebot", r"foo(?=bar)", r"(ab)\1")
+    matcher = CrawlerMatcher(patterns)
+    assert (matcher.re2_patterns, matcher.re_patterns) == (1, 2)
+    assert [matcher.search(u) for u in ("x Googlebot", "foobar", "foobaz", "abab", "ab")] == [
+        True, True, False, True, False]
+
+
+@pytest.mark.realdata
+def test_crawler_matcher_agrees_with_re_on_the_shared_list(shared_data: Path) -> None:
+    path = shared_data / "crawler_user_agents" / "crawler-user-agents.json"
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    entries = json.loads(path.read_text())
+    patterns = crawler_patterns(shared_data)
+    examples = [str(i) for e in entries for i in e.get("instances", [])]
+    assert len(patterns) > 1000 and len(examples) > 1000
+    assert CrawlerMatcher(patterns).re_patterns == 0      # all of it runs on RE2
+    assert _agree(patterns, [*examples, *BROWSERS]) == []
+    assert all(is_crawler(examples[:200], shared_data))
