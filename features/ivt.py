@@ -113,6 +113,26 @@ def crawler_matcher(shared_data: Path | None = None) -> CrawlerMatcher:
     return CrawlerMatcher(crawler_patterns(shared_data))
 
 
+def warm(shared_data: Path | None = None) -> None:
+    """Build the crawler matcher now, so that no request pays for it: for the shared list
+    about 0.26 s (checking each of ~1,500 patterns with ``re``, then RE2's compile),
+    which the first auction after a start used to wait for. RE2 builds its automaton's
+    states as texts need them: a few browser agents build the common ones."""
+    matcher = crawler_matcher(shared_data)
+    for ua in _WARM_AGENTS:
+        matcher.search(ua)
+
+
+_WARM_AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/132.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_2 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/18.2 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 15; K) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/132.0.0.0 Mobile Safari/537.36",
+)
+
+
 @lru_cache(maxsize=1)
 def _dc_ranges() -> tuple[tuple[int, int], ...]:
     nets = [ipaddress.ip_network(c) for c in DATACENTER_CIDRS]
@@ -171,4 +191,4 @@ def ivt_columns(ips: Sequence[str], uas: Sequence[str], shared_data: Path | None
 
 __all__ = ["BUILTIN_CRAWLER_PATTERNS", "DATACENTER_CIDRS", "IVT_COLUMNS", "CrawlerMatcher",
            "crawler_matcher", "crawler_patterns", "crawler_regex", "is_crawler",
-           "is_datacenter", "ivt_columns", "ivt_values"]
+           "is_datacenter", "ivt_columns", "ivt_values", "warm"]

@@ -141,10 +141,14 @@ def landscape_ok(landscape: np.ndarray) -> bool:
 
 
 def warm() -> None:
-    """Compile (or load from numba's cache) the kernels for float32 landscapes."""
-    land = np.array([[1.0, 0.0, 1.0]], dtype=np.float32)
-    landscape_ok(land)
-    shade(np.array([1.0, 2.0]), 0.5, land, 5)
+    """Compile (or load from numba's cache) the kernels for float32 landscapes, writable
+    and read-only: the backend's landscape memo hands out read-only arrays, a type of
+    their own to numba, which otherwise loaded it on the first auction (~10 ms)."""
+    for writeable in (True, False):
+        land = np.array([[1.0, 0.0, 1.0]], dtype=np.float32)
+        land.flags.writeable = writeable
+        landscape_ok(land)
+        shade(np.array([1.0, 2.0]), 0.5, land, 5)
 
 
 __all__ = ["landscape_ok", "shade", "warm"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from features.ivt import (
+    _WARM_AGENTS,
     CrawlerMatcher,
     _ipv4,
     crawler_patterns,
@@ -44,12 +45,7 @@ def test_datacenter_and_values() -> None:
 
 
 BROWSERS = [
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/132.0.0.0 Safari/537.36",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_2 like Mac OS X) AppleWebKit/605.1.15 "
-    "(KHTML, like Gecko) Version/18.2 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Linux; Android 15; K) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/132.0.0.0 Mobile Safari/537.36",
+    *_WARM_AGENTS,                # Chrome on Windows, Safari on iPhone, Chrome on Android
     "Mozilla/5.0 (X11; Linux x86_64; rv:135.0) Gecko/20100101 Firefox/135.0",
     "", "\u0661\u0662 robot \u00e9t\u00e9", "Dalvik/2.1.0 (Linux; U; Android 14)",
 ]

@@ -61,3 +61,16 @@ def test_landscape_check_matches_numpy() -> None:
         m = land.shape[1] // 3
         want = bool(np.all(np.isfinite(land)) and land[:, 2 * m:].min() > 0.0)
         assert _shade_kernel.landscape_ok(land) is want
+
+
+def test_warm_loads_the_kernels_for_read_only_landscapes() -> None:
+    # The backend's landscape memo hands out read-only arrays, a numba type of their own:
+    # without it in warm(), the first auction loaded that variant (~10 ms).
+    _shade_kernel.warm()
+    shade, ok = _shade_kernel._kernel("shade"), _shade_kernel._kernel("ok")
+    known = (len(shade.signatures), len(ok.signatures))
+    land = np.array([[0.5, 0.5, 0.0, 1.0, 1.0, 2.0]], dtype=np.float32)
+    land.flags.writeable = False
+    assert _shade_kernel.landscape_ok(land)
+    _shade_kernel.shade(np.array([1.0, 2.0, 3.0]), 0.5, land, 96)
+    assert (len(shade.signatures), len(ok.signatures)) == known

@@ -87,3 +87,23 @@ def test_the_shading_memo_can_be_turned_off(models: dict[str, Path]) -> None:
         assert got is not None
         np.testing.assert_array_equal(got, _direct(models["shading"], a.shading))
     assert not backend._state[0]["shading"]._memo
+
+
+def test_each_session_runs_once_when_loaded(models: dict[str, Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # ORT plans and allocates on a session's first run: a load (and a hot swap) pays it,
+    # not the first auction; the warm-up run leaves the landscape memo empty.
+    runs: list[str] = []
+
+    class Counting(ort.InferenceSession):
+        def run(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            runs.append(self._model_path)
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_backend.ort, "InferenceSession", Counting)
+    backend = _backend(models)
+    assert sorted(runs) == sorted(str(models[n]) for n in ("ctr", "fraud", "shading"))
+    sessions, _ = backend._state
+    assert sessions["shading"]._memo == {}
+    backend.score(random_auction(np.random.default_rng(0), 3))
+    assert len(runs) == 6
