@@ -4,6 +4,7 @@ that need no server. Configs are checked with Triton's own model-config protobuf
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from serving.triton.repository import (
     read_signature,
     write_repository,
 )
-from serving.triton.server import free_ports
+from serving.triton.server import ephemeral_ports, free_ports
 
 F_CTR, F_FRAUD, F_SHADING, P_SHADING = 8, 5, 6, 3
 
@@ -244,6 +245,19 @@ def test_requirements_are_pinned() -> None:
 
 
 # ---- client without a server ---------------------------------------------------------------
+
+def test_free_ports_lie_below_the_ephemeral_range() -> None:
+    # A bind(0) port is in the range outgoing connections draw from: one of them took a
+    # test server's HTTP port while tritonserver was still loading its models.
+    lo, _ = ephemeral_ports()
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+    assert all(10_000 <= p < lo for p in ports) or lo <= 11_000
+    for p in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", p))
+
+
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_no_server_is_unavailable_at_once(protocol: str) -> None:
