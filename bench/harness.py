@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -78,9 +77,11 @@ def write_json(rows: list[Row], out_dir: Path, suite: str) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for a bench server, below the ephemeral range (:mod:`adplatform.ports`):
+    a decision service binds only after building its world, seconds later."""
+    from adplatform.ports import free_port as draw
+
+    return draw()
 
 
 class Server:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,10 +49,11 @@ def repo_root() -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS may hand it out again later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on right now, below the kernel's ephemeral range
+    (:mod:`adplatform.ports`): the server takes seconds to bind it."""
+    from adplatform.ports import free_port as draw
+
+    return draw(host)
 
 
 @dataclass

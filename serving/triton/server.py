@@ -27,7 +27,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -232,52 +231,16 @@ def main(argv: list[str] | None = None) -> int:
 # The launcher (main venv).
 # --------------------------------------------------------------------------------------
 
-_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_LOWEST_PORT = 10_000            # below: well-known and registered services' ports
-
-
-def ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range for the local ports of outgoing connections (Linux's default
-    when it cannot be read)."""
-    try:
-        lo, hi = (int(x) for x in _EPHEMERAL.read_text().split())
-    except (OSError, ValueError):
-        return 32768, 60999
-    return lo, hi
-
-
 def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports that were free a moment ago, drawn at random below the
-    kernel's ephemeral range. A port from ``bind(0)`` lies inside that range, where any
-    outgoing connection on the machine may take it in the seconds before tritonserver
-    binds it (a CI run lost a server's HTTP port that way). Falls back to ``bind(0)``
-    when the range starts too low to leave room."""
-    lo, _ = ephemeral_ports()
-    rng = secrets.SystemRandom()
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(100 * count if lo > _LOWEST_PORT + 1000 else 0):
-            if len(sockets) == count:
-                break
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind((host, rng.randrange(_LOWEST_PORT, lo)))
-            except OSError:                  # in use (or in TIME_WAIT): draw another
-                s.close()
-                continue
-            sockets.append(s)
-        while len(sockets) < count:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(s)
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """:func:`adplatform.ports.free_ports` (imported here, in the launcher: the server
+    script's half of this file needs nothing from the adplatform package)."""
+    from adplatform.ports import free_ports as draw
+
+    return draw(count, host)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to port 0)."""
+    """A port that was free a moment ago, below the ephemeral range."""
     return free_ports(1, host)[0]
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
+from adplatform.ports import free_port
 from decisioning import (
     DecisionEngine,
     EngineConfig,
@@ -245,12 +246,6 @@ def iab26(spec_examples: Path) -> Path:
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout_s: float = 30.0) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from adplatform.config import Settings
+from adplatform.ports import free_port
 from decisioning.buffered import next_part
 from decisioning.decision_log import (
     DECISION_COLUMNS,
@@ -261,15 +261,9 @@ def _cli(settings: Settings) -> typer.Typer:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_cli_unreachable_nats_exits_non_zero_with_a_message(tmp_path: Path) -> None:
     s = Settings(home=tmp_path / "ws",  # type: ignore[call-arg]
-                 nats_url=f"nats://127.0.0.1:{_free_port()}")
+                 nats_url=f"nats://127.0.0.1:{free_port()}")
     r = CliRunner().invoke(_cli(s), ["decisions", "archive"])
     assert r.exit_code == 1, r.output
     assert "error: cannot connect to NATS at nats://127.0.0.1:" in r.output
@@ -282,7 +276,7 @@ def test_the_adplatform_command_has_it(tmp_path: Path) -> None:
     if not exe.exists():
         pytest.skip(f"no console script {exe}: pip install -e .")
     env = {**os.environ, "ADPLATFORM_HOME": str(tmp_path / "ws"),
-           "ADPLATFORM_NATS_URL": f"nats://127.0.0.1:{_free_port()}"}
+           "ADPLATFORM_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
     r = subprocess.run([str(exe), "decisions", "archive"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from adplatform.ports import free_port
 from decisioning.buffered import next_part
 from decisioning.workers import WorkerStartError, serve_workers
 from tests.conftest import process_alive
@@ -22,14 +23,6 @@ from tests.conftest import process_alive
 ROOT = Path(__file__).resolve().parents[2]
 FACTORY = "tests.decisioning.workers_app:app_factory"
 WAIT_S = 120.0          # how long a step may take on a loaded CI machine (not a timing)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _until(what: str, check: Callable[[], bool]) -> None:
@@ -48,7 +41,7 @@ def _who(port: int) -> dict[str, int]:
 
 class Supervisor:
     def __init__(self, tmp: Path, workers: int = 2) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.out = tmp
         code = ("import sys; from decisioning.workers import serve_workers; "
                 f"sys.exit(serve_workers({FACTORY!r}, ({str(tmp)!r},), workers={workers}, "
@@ -149,7 +142,7 @@ def test_workers_leave_when_their_supervisor_is_killed(supervisor: Supervisor) -
 
 def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
     with pytest.raises(WorkerStartError, match="no model to serve"):
-        serve_workers(FACTORY, (str(tmp_path), True), workers=2, port=_free_port())
+        serve_workers(FACTORY, (str(tmp_path), True), workers=2, port=free_port())
 
 
 def test_a_port_already_served_by_another_program_fails_at_once() -> None:

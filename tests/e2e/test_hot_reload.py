@@ -11,7 +11,6 @@ and the decision log must attribute decisions to the version that was serving.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ import pytest
 
 from adplatform.config import Settings
 from adplatform.eventlog import read_events
+from adplatform.ports import free_port
 from mlops.promotion import PromotionConfig, promote, rollback
 from mlops.registry import CHAMPION, resolve
 from serving.watcher import watch_backend
@@ -34,12 +34,6 @@ pytestmark = pytest.mark.slow
 
 PICKUP_S = 30.0            # functional requirement: an alias move is served within 30 s
 POLL_S = 1.0               # the watcher's interval in this test (default 5 s)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Load(threading.Thread):
@@ -85,7 +79,7 @@ def service(hot_ws: Settings) -> Iterator[tuple[str, object]]:
     engine = svc.engine
     watcher = watch_backend(hot_ws, engine.models, interval_s=POLL_S)
     assert watcher is not None
-    port = _free_port()
+    port = free_port()
     app = create_app(engine, notices=svc.notices)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))

@@ -11,12 +11,12 @@ import base64
 import io
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from adplatform.ports import free_port
 from mlops.demo import run_demo
 from mlops.demo_ab import EXPERIMENT
 from mlops.reports import load_decisions
@@ -27,18 +27,12 @@ pytestmark = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_demo_ends_with_an_ab_report(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "ws")
     out = io.StringIO()
     console = Console(file=out, width=200, force_terminal=False)
     stats = run_demo(settings, days=4, requests_per_day=10_000, auctions=300, ab_auctions=800,
-                     seed=11, port=_free_port(), console=console)
+                     seed=11, port=free_port(), console=console)
     text = out.getvalue()
     assert stats.errors == 0 and stats.requests == 300
 
