@@ -76,14 +76,6 @@ def write_json(rows: list[Row], out_dir: Path, suite: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A port for a bench server, below the ephemeral range (:mod:`adplatform.ports`):
-    a decision service binds only after building its world, seconds later."""
-    from adplatform.ports import free_port as draw
-
-    return draw()
-
-
 class Server:
     """A server subprocess (python -c CODE) stopped at exit."""
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import orjson
 
 from adplatform.config import Settings
-from bench.harness import Row, Server, free_port, load_row, with_ratios
+from adplatform.ports import free_port
+from bench.harness import Row, Server, load_row, with_ratios
 from bench.loadgen import LoadResult, run_load, wait_until_healthy
 from decisioning.server import KEEP_ALIVE_S
 

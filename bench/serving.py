@@ -396,9 +396,10 @@ def _triton_rows(models: ModelSet, items: list[AuctionInputs], groups: list[list
                  raw1: Row, raw64: Row, folder: Path) -> list[Row]:
     import tritonclient.grpc as grpcclient
 
+    from adplatform.ports import free_ports
     from serving.triton.client import TritonBackend
     from serving.triton.repository import write_repository
-    from serving.triton.server import free_ports, start_server
+    from serving.triton.server import start_server
 
     repo = write_repository(models.files, models.versions, folder / "triton-repo",
                             max_batch_size=BATCH * K)
@@ -465,9 +466,9 @@ def _bento_rows(registry: Settings, items: list[AuctionInputs],
     import httpx
     import orjson
 
+    from adplatform.ports import free_port
     from serving.bento import BentoBackend, start_bento
     from serving.bento.codec import encode_array
-    from serving.bento.process import free_port
     from serving.errors import ServingError
 
     env = {"ADPLATFORM_HOME": str(registry.workspace.root),

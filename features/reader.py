@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import sqlite3
 import struct
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -187,11 +186,8 @@ class OnlineReader:
         self._plan = _AuctionPlan(self._fields)
         _kernels.warm(self._plan.layout)  # compile now, not on the first auction
         ivt.warm(shared_data)             # the crawler matcher too (~0.26 s with the shared list)
-        self._sqlite_cfg = cfg
-        self._sqlite: sqlite3.Connection | None = None
-        self._sqlite_lock = threading.Lock()
-        if self._fetch == self._fetch_sqlite:
-            self._sqlite_conn()           # opened now, not by the first auction
+        # SQLite: the reader's own connection, opened now rather than by the first auction.
+        self._sqlite = self._open_sqlite(cfg) if self._fetch == self._fetch_sqlite else None
 
     @property
     def cache_stats(self) -> CacheStats:
@@ -387,23 +383,15 @@ class OnlineReader:
                 self._repo_config.project, self._views[view], versioning))
         return table
 
-    def _sqlite_conn(self) -> sqlite3.Connection:
-        """The reader's connection to Feast's SQLite file, opened on first use: read-only
-        (``query_only``), memory-mapped, with its own page cache. WAL mode (which Feast's
-        writers and ``features.ops`` use) lets it read while they write."""
-        conn = self._sqlite
-        if conn is None:
-            with self._sqlite_lock:
-                if self._sqlite is None:
-                    online: Any = self._online
-                    path = online._get_db_path(self._repo_config)
-                    cfg = self._sqlite_cfg
-                    new = sqlite3.connect(path, check_same_thread=False)
-                    new.execute("PRAGMA query_only=1")
-                    new.execute(f"PRAGMA mmap_size={int(cfg.sqlite_mmap_mb) << 20}")
-                    new.execute(f"PRAGMA cache_size={-1024 * int(cfg.sqlite_cache_mb)}")
-                    self._sqlite = new
-                conn = self._sqlite
+    def _open_sqlite(self, cfg: ReaderConfig) -> sqlite3.Connection:
+        """The reader's connection to Feast's SQLite file: read-only (``query_only``),
+        memory-mapped, with its own page cache. WAL mode (which Feast's writers and
+        ``features.ops`` use) lets it read while they write."""
+        online: Any = self._online
+        conn = sqlite3.connect(online._get_db_path(self._repo_config), check_same_thread=False)
+        conn.execute("PRAGMA query_only=1")
+        conn.execute(f"PRAGMA mmap_size={int(cfg.sqlite_mmap_mb) << 20}")
+        conn.execute(f"PRAGMA cache_size={-1024 * int(cfg.sqlite_cache_mb)}")
         return conn
 
     def _fetch_sqlite(self, misses: dict[str, list[str]]
@@ -430,7 +418,10 @@ class OnlineReader:
         nan = float("nan")
         rows: list[list[float] | None] = [None] * len(slots)
         memo, parse = self._value_memo, self._parse
-        for m, i, blob in self._sqlite_conn().execute(" UNION ALL ".join(parts), params):
+        conn = self._sqlite
+        if conn is None:                           # only the SQLite path reads here
+            raise StoreUnavailable("the reader has no SQLite connection")
+        for m, i, blob in conn.execute(" UNION ALL ".join(parts), params):
             row = rows[m]
             if row is None:
                 row = rows[m] = [nan] * slots[m]

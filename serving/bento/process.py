@@ -33,6 +33,7 @@ from typing import IO
 import httpx
 import psutil
 
+from adplatform.ports import free_port
 from serving.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,6 @@ LOG_TAIL_LINES = 40
 def repo_root() -> Path:
     """The folder that holds the ``serving`` package (bentoml's working directory)."""
     return Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now, below the kernel's ephemeral range
-    (:mod:`adplatform.ports`): the server takes seconds to bind it."""
-    from adplatform.ports import free_port as draw
-
-    return draw(host)
 
 
 @dataclass
@@ -274,4 +267,4 @@ def _finish(server: _Server, workers: list[psutil.Process]) -> None:
     server.log_file.close()
 
 
-__all__ = ["SERVICE", "BentoProcess", "free_port", "repo_root", "start_bento"]
+__all__ = ["SERVICE", "BentoProcess", "repo_root", "start_bento"]

@@ -231,19 +231,6 @@ def main(argv: list[str] | None = None) -> int:
 # The launcher (main venv).
 # --------------------------------------------------------------------------------------
 
-def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
-    """:func:`adplatform.ports.free_ports` (imported here, in the launcher: the server
-    script's half of this file needs nothing from the adplatform package)."""
-    from adplatform.ports import free_ports as draw
-
-    return draw(count, host)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago, below the ephemeral range."""
-    return free_ports(1, host)[0]
-
-
 @dataclass
 class TritonProcess:
     """A running server script; ``stop()`` it (or use it as a context manager)."""

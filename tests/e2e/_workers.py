@@ -4,7 +4,6 @@ win and billing notices of some bids twice each, and ``/metrics`` scrapes."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,12 +16,6 @@ from adplatform.workspace import Workspace
 from simulator import LiveExchange, notice_calls
 
 BILLED_MICROS = 2500          # the exchange bills CPM 2.5: 2,500 micro-dollars per impression
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scraped_requests(url: str) -> int:

@@ -8,7 +8,6 @@ outcomes into the event log, decisions into the decision log (flushed on SIGTERM
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,21 +18,16 @@ import pytest
 
 from adplatform.config import Settings
 from adplatform.eventlog import read_events
+from adplatform.ports import free_port
 from mlops.demo import ServiceProcess, send_auctions
 from simulator import LiveExchange
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def service(trained_workspace: Settings) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess(trained_workspace, _free_port(),
+    proc = ServiceProcess(trained_workspace, free_port(),
                           trained_workspace.workspace.root / "e2e-service.log")
     try:
         proc.wait_ready()

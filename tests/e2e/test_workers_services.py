@@ -26,10 +26,11 @@ from typing import Any
 import pytest
 
 from adplatform.config import Settings
+from adplatform.ports import free_port
 from decisioning.outcomes import read_notices
 from mlops.demo import ServiceProcess
 
-from ._workers import Traffic, free_port, send_auctions_and_notices
+from ._workers import Traffic, send_auctions_and_notices
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 

@@ -25,10 +25,11 @@ import psutil
 import pytest
 
 from adplatform.config import Settings
+from adplatform.ports import free_port
 from serving.base import AuctionInputs, AuctionScores
 from serving.bento.client import BentoBackend
 from serving.bento.codec import encode_array
-from serving.bento.process import BentoProcess, free_port, repo_root, start_bento
+from serving.bento.process import BentoProcess, repo_root, start_bento
 from serving.errors import BackendTimeout, BackendUnavailable, ServingError
 from serving.onnx_backend import ModelFile, OnnxBackend
 from tests.serving.test_bento_unit import F_CTR, auction, fraud_onnx, shading_onnx

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from adplatform.ports import free_ports
 from serving.base import AuctionInputs, AuctionScores
 from serving.errors import BackendTimeout, BackendUnavailable
 from serving.onnx_backend import ModelFile, OnnxBackend
 from serving.triton.client import TritonBackend
 from serving.triton.repository import write_repository
-from serving.triton.server import TritonProcess, free_ports, start_server
+from serving.triton.server import TritonProcess, start_server
 from serving.triton.venv import ensure_venv
 from tests.serving.test_triton_repository import contract_models, random_auction
 

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as pb
 
 from adplatform.config import Settings
-from adplatform.ports import ephemeral_ports
+from adplatform.ports import ephemeral_ports, free_ports
 from serving.base import AuctionInputs, ModelBackend
 from serving.errors import BackendUnavailable
 from serving.triton import venv as triton_venv
@@ -28,7 +28,6 @@ from serving.triton.repository import (
     read_signature,
     write_repository,
 )
-from serving.triton.server import free_ports
 
 F_CTR, F_FRAUD, F_SHADING, P_SHADING = 8, 5, 6, 3
 

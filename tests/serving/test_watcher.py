@@ -350,8 +350,8 @@ def bento_env(reg_ws: Settings) -> Iterator[dict[str, str]]:
 @pytest.mark.slow
 def test_bento_blue_green_follow_without_failed_requests(reg_ws: Settings,
                                                          bento_env: dict[str, str]) -> None:
+    from adplatform.ports import free_port
     from serving.bento import BentoBackend, start_bento
-    from serving.bento.process import free_port
     from serving.watcher import watch_bento
 
     start = _champion(reg_ws)
@@ -392,9 +392,10 @@ def test_bento_blue_green_follow_without_failed_requests(reg_ws: Settings,
 @pytest.mark.services
 @pytest.mark.slow
 def test_triton_follows_a_moved_alias(reg_ws: Settings, tmp_path: Path) -> None:
+    from adplatform.ports import free_ports
     from serving.triton.client import TritonBackend
     from serving.triton.repository import repository_from_registry
-    from serving.triton.server import free_ports, start_server
+    from serving.triton.server import start_server
     from serving.watcher import watch_triton
 
     start = _champion(reg_ws)
