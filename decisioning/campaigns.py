@@ -370,22 +370,23 @@ class IndexedCampaignStore:
         out: list[Candidate] = []
         committed = self.ledger.committed_micros
         pacer = self.pacer if now is not None else None
-        paced: dict[str, bool] = {}
+        # Per campaign, once per imp: may it bid (budget left, and the pacer's draw)?
+        # A campaign has several creatives per slot; its ledger is read once for all.
+        allowed: dict[str, bool] = {}
         for bucket in self._buckets(self._index, imp):
             for e in bucket:
                 if not e.eligible(facts, blocks):
                     continue
                 budget = e.budget_micros
                 if budget is not None:
-                    spent = committed(e.campaign_id, day)
-                    if spent >= budget:
+                    ok = allowed.get(e.campaign_id)
+                    if ok is None:
+                        spent = committed(e.campaign_id, day)
+                        ok = spent < budget and (pacer is None or now is None
+                                                 or pacer.allow(spent, budget, now))
+                        allowed[e.campaign_id] = ok
+                    if not ok:
                         continue
-                    if pacer is not None and now is not None:
-                        ok = paced.get(e.campaign_id)
-                        if ok is None:      # one draw per campaign per imp
-                            ok = paced[e.campaign_id] = pacer.allow(spent, budget, now)
-                        if not ok:
-                            continue
                 out.append(e.candidate)
                 if len(out) >= limit:
                     return out

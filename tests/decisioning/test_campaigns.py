@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from decisioning import (
     FileCampaignStore,
     IndexedCampaignStore,
     InMemoryBudgetLedger,
+    Pacer,
     load_campaigns,
     parse_request,
 )
@@ -165,6 +166,55 @@ def test_budget_exhaustion_and_day_rollover() -> None:
     ledger.charge("b", 0.1, next_day)
     ledger.charge("b", 5.0, DAY)            # late charge for a closed day: ignored
     assert ledger.spent("b", next_day) == pytest.approx(0.1)
+
+
+class _CountingLedger(InMemoryBudgetLedger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def committed_micros(self, campaign_id: str, day: date) -> int:
+        self.reads.append(campaign_id)
+        return super().committed_micros(campaign_id, day)
+
+
+class _HalfPacer(Pacer):
+    """Every other draw passes: a campaign's creatives must share one draw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draws = 0
+
+    def allow(self, committed_micros: int, budget_micros: int, now: datetime) -> bool:
+        self.draws += 1
+        return self.draws % 2 == 1
+
+
+def test_budget_and_pacing_are_read_once_per_campaign_per_imp() -> None:
+    creatives = [_creative(f"b{i}", "banner", 300, 250) for i in range(4)]
+    doc = {"version": 1, "campaigns": [
+        _campaign("b", creatives, daily_budget=10.0),
+        _campaign("c", [_creative(f"c{i}", "banner", 300, 250) for i in range(3)], cpc=0.1,
+                  daily_budget=10.0),
+        _campaign("u", [_creative("u1", "banner", 300, 250)], cpc=0.05, daily_budget=None),
+    ]}
+    ledger, pacer = _CountingLedger(), _HalfPacer()
+    store = _store(doc, ledger=ledger, pacer=pacer)
+    req = parse_request(json.dumps(_banner(300, 250)))
+    now = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    ids = [c.creative.creative_id for c in store.candidates(
+        req.imp[0], request_facts(req), Blocklist.from_request(req), DAY, 20, now=now)]
+    # b passes its one draw with all four creatives, c fails its one draw with all three;
+    # the unbudgeted campaign is neither read nor paced.
+    assert ids == ["b0", "b1", "b2", "b3", "u1"]
+    assert sorted(ledger.reads) == ["b", "c"]
+    assert pacer.draws == 2
+    # Spent out: no draw, and none of its creatives.
+    store.record_spend("b", 10.0, DAY)
+    ledger.reads.clear()
+    ids = [c.creative.creative_id for c in store.candidates(
+        req.imp[0], request_facts(req), Blocklist.from_request(req), DAY, 20, now=now)]
+    assert "b0" not in ids and sorted(ledger.reads) == ["b", "c"] and pacer.draws == 3
 
 
 def test_file_store_reload(campaign_file: Path) -> None:
