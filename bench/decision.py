@@ -21,6 +21,8 @@ Rows:
   caps and notice dedupe in the shared SQLite state; its load generator takes pooled
   connections in turn, ``pool="fifo"``, from 16 warm ones, so that the load reaches
   both workers), with its ratio against the one-process service;
+* the decision service's level run repeated (``level_repeats`` runs in all, back to
+  back) and the median of their p50 and p99: one run's p99 varies from run to run;
 * a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors);
 * a soak at ``level_rate`` for ``soak_s`` seconds: zero errors, and the decision log
   (flushed by SIGTERM) holds exactly one record per answered request.
@@ -69,6 +71,10 @@ class DecisionBenchConfig:
     step_s: float = 5.0
     soak_s: float = 60.0
     warmup_s: float = 2.0
+    # The decision service's level run, repeated back to back: one 10 s p99 on a 2-core
+    # machine shared with the generator varies by 2-3x from run to run, so the table
+    # shows every repeat and their median beside the first run.
+    level_repeats: int = 3
     engine_n: int = 20_000
     # Distinct request bodies, replayed in a cycle: 20 s of traffic at 1,000/s, so a
     # body comes back only long after the feature cache's 5 s TTL (a 5 s cycle met
@@ -81,7 +87,7 @@ class DecisionBenchConfig:
     @classmethod
     def quick(cls) -> DecisionBenchConfig:
         return cls(level_s=3.0, ladder=(500.0, 1000.0, 2000.0, 3000.0), step_s=2.0,
-                   soak_s=10.0, warmup_s=1.0, engine_n=3000, n_bodies=2000)
+                   soak_s=10.0, warmup_s=1.0, engine_n=3000, n_bodies=2000, level_repeats=1)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -341,6 +347,29 @@ def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
     return rows, best
 
 
+def _repeats(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
+             server: Server, first: Row) -> list[Row]:
+    """``cfg.level_repeats - 1`` more level runs of one server, back to back, and a row
+    with the median p50 and p99 of all of them (``first`` included)."""
+    if cfg.level_repeats <= 1:
+        return []
+    rows, p50s, p99s, rps = [], [first.p50_ms], [first.p99_ms], [first.throughput]
+    for k in range(2, cfg.level_repeats + 1):
+        res = run_load("127.0.0.1", port, PATH, bodies, rate=cfg.level_rate,
+                       duration_s=cfg.level_s)
+        server.settle()
+        rows.append(_row(f"{name}: level run {k} of {cfg.level_repeats}", "-", res))
+        p50s.append(rows[-1].p50_ms)
+        p99s.append(rows[-1].p99_ms)
+        rps.append(rows[-1].throughput)
+    rows.append(Row(suite="decision", target=f"{name}: median of {cfg.level_repeats} level runs",
+                    baseline="-", rate=cfg.level_rate, p50_ms=float(np.median(p50s)),
+                    p99_ms=float(np.median(p99s)), throughput=float(np.median(rps)),
+                    extra={"p99_ms_each": " / ".join(f"{p:.2f}" for p in p99s),
+                           "goal_p99_ms": 3.0}))
+    return rows
+
+
 def _log_records(log_root: Path) -> int:
     from adplatform.eventlog import read_events
 
@@ -413,6 +442,8 @@ def run(settings: Settings, world: Settings, *,
             level[key] = _row(names[key], "-", res, settle_s=round(settled, 1),
                               server_cpu_ms_per_answer=round(cpu_ms, 3))
         rows += [level["trivial"], level["naive"], level["asgi"]]
+        rows += _repeats(ports["decision"], names["decision"], bodies, cfg, s_decision,
+                         level["decision"])
         rows.append(with_ratios(replace(level["decision"], baseline=names["trivial"]),
                                 level["trivial"]))
         rows.append(with_ratios(replace(level["decision"], baseline=names["naive"],

@@ -1,0 +1,59 @@
+"""The decision bench's repeated level runs: one row per extra run and the median row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import bench.decision as decision
+from bench.harness import Row
+from bench.loadgen import LoadResult
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.settled = 0
+
+    def settle(self) -> float:
+        self.settled += 1
+        return 0.0
+
+
+def _result(p99_ms: float) -> LoadResult:
+    # 100 answers: 98 at 1 ms and two at p99_ms, so the 99th percentile is p99_ms.
+    res = LoadResult(rate=1000.0, duration_s=0.1, sent=100)
+    res.latencies_ms = [1.0] * 98 + [p99_ms] * 2
+    return res
+
+
+def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    results = iter([_result(5.0), _result(2.0)])
+    calls: list[dict[str, Any]] = []
+
+    def fake_run_load(host: str, port: int, path: str, bodies: list[bytes], **kw: Any
+                      ) -> LoadResult:
+        calls.append({"port": port, **kw})
+        return next(results)
+
+    monkeypatch.setattr(decision, "run_load", fake_run_load)
+    cfg = decision.DecisionBenchConfig(level_repeats=3)
+    first = Row(suite="decision", target="decision service", baseline="-", rate=1000.0,
+                p50_ms=1.0, p99_ms=3.5, throughput=1000.0)
+    server = _Server()
+    rows = decision._repeats(8080, "decision service", [b"{}"], cfg, server,  # type: ignore[arg-type]
+                             first)
+    assert [r.target for r in rows] == ["decision service: level run 2 of 3",
+                                        "decision service: level run 3 of 3",
+                                        "decision service: median of 3 level runs"]
+    assert [c["rate"] for c in calls] == [1000.0, 1000.0] and server.settled == 2
+    assert rows[0].p99_ms == pytest.approx(5.0) and rows[1].p99_ms == pytest.approx(2.0)
+    assert rows[2].p99_ms == pytest.approx(3.5)             # median of 3.5, 5.0, 2.0
+    assert rows[2].extra["p99_ms_each"] == "3.50 / 5.00 / 2.00"
+
+
+def test_one_level_run_adds_nothing() -> None:
+    first = Row(suite="decision", target="d", baseline="-", rate=1000.0, p50_ms=1.0,
+                p99_ms=3.0, throughput=1000.0)
+    assert decision._repeats(1, "d", [], decision.DecisionBenchConfig.quick(),
+                             _Server(), first) == []  # type: ignore[arg-type]
