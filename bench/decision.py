@@ -21,8 +21,9 @@ Rows:
   caps and notice dedupe in the shared SQLite state; its load generator takes pooled
   connections in turn, ``pool="fifo"``, from 16 warm ones, so that the load reaches
   both workers), with its ratio against the one-process service;
-* the decision service's level run repeated (``level_repeats`` runs in all, back to
-  back) and the median of their p50 and p99: one run's p99 varies from run to run;
+* the decision service's level run repeated (``level_repeats`` runs in all: the extra
+  ones back to back after the level phase) and the median of their p50 and p99: one
+  run's p99 varies from run to run;
 * a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors);
 * a soak at ``level_rate`` for ``soak_s`` seconds: zero errors, and the decision log
   (flushed by SIGTERM) holds exactly one record per answered request.
@@ -71,9 +72,9 @@ class DecisionBenchConfig:
     step_s: float = 5.0
     soak_s: float = 60.0
     warmup_s: float = 2.0
-    # The decision service's level run, repeated back to back: one 10 s p99 on a 2-core
-    # machine shared with the generator varies by 2-3x from run to run, so the table
-    # shows every repeat and their median beside the first run.
+    # Level runs of the decision service in all (the extra ones after the level phase):
+    # one 10 s p99 on a 2-core machine shared with the generator varies by 2-3x from run
+    # to run, so the table shows every run and their median beside the first one.
     level_repeats: int = 3
     engine_n: int = 20_000
     # Distinct request bodies, replayed in a cycle: 20 s of traffic at 1,000/s, so a
@@ -349,8 +350,8 @@ def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
 
 def _repeats(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
              server: Server, first: Row) -> list[Row]:
-    """``cfg.level_repeats - 1`` more level runs of one server, back to back, and a row
-    with the median p50 and p99 of all of them (``first`` included)."""
+    """``cfg.level_repeats - 1`` more level runs of one server, back to back, a row for
+    each, and a row with the median p50 and p99 of all of them (``first`` included)."""
     if cfg.level_repeats <= 1:
         return []
     rows, p50s, p99s, rps = [], [first.p50_ms], [first.p99_ms], [first.throughput]
