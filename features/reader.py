@@ -185,7 +185,7 @@ class OnlineReader:
         self._shared_data = shared_data
         self._plan = _AuctionPlan(self._fields)
         _kernels.warm(self._plan.layout)  # compile now, not on the first auction
-        ivt.warm(shared_data)             # the crawler matcher too (~0.26 s with the shared list)
+        ivt.warm(shared_data)             # the crawler matcher too (see ivt.warm)
         # SQLite: the reader's own connection, opened now rather than by the first auction.
         self._sqlite = self._open_sqlite(cfg) if self._fetch == self._fetch_sqlite else None
 

@@ -159,7 +159,8 @@ def test_unreachable_store_raises_typed_error(tmp_path) -> None:  # type: ignore
 
 def test_the_reader_builds_the_crawler_matcher_before_the_first_auction(
         reader_env: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def,type-arg]
-    # Built lazily, the shared list's matcher cost the first auction after a start ~0.26 s.
+    # Built lazily, the shared list's matcher cost the first auction after a start ~0.26 s
+    # (timed ad hoc).
     settings, _ = reader_env
     lists = tmp_path / "crawler_user_agents"
     lists.mkdir()

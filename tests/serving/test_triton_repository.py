@@ -4,7 +4,6 @@ that need no server. Configs are checked with Triton's own model-config protobuf
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as pb
 
 from adplatform.config import Settings
-from adplatform.ports import ephemeral_ports, free_ports
+from adplatform.ports import free_ports
 from serving.base import AuctionInputs, ModelBackend
 from serving.errors import BackendUnavailable
 from serving.triton import venv as triton_venv
@@ -245,19 +244,6 @@ def test_requirements_are_pinned() -> None:
 
 
 # ---- client without a server ---------------------------------------------------------------
-
-def test_free_ports_lie_below_the_ephemeral_range() -> None:
-    # A bind(0) port is in the range outgoing connections draw from: one of them took a
-    # test server's HTTP port while tritonserver was still loading its models.
-    lo, _ = ephemeral_ports()
-    ports = free_ports(3)
-    assert len(set(ports)) == 3
-    assert all(10_000 <= p < lo for p in ports) or lo <= 11_000
-    for p in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", p))
-
-
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_no_server_is_unavailable_at_once(protocol: str) -> None:
