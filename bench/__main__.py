@@ -2,7 +2,9 @@
 
 Each figure is paired with a baseline measured in the same run on the same machine.
 The suites run on a dedicated, trained bench world (``$ADPLATFORM_HOME/bench-world``),
-built once and reused.
+built once and reused. While they measure, a CPU latency request keeps idle CPUs from
+halting (:mod:`bench.cpu_idle`; ``--no-cpu-qos`` measures with the machine's own idle
+policy); each JSON file records the idle policy and whether the request was held.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import logging
 from rich.console import Console
 
 from adplatform.config import Settings, get_settings
-from bench.harness import print_table, write_json
+from bench.cpu_idle import CpuLatencyRequest, idle_policy
+from bench.harness import Row, print_table, write_json
 
 SUITES = ("features", "http", "serving", "decision")
 
@@ -63,6 +66,9 @@ def main() -> None:
     parser.add_argument("suites", nargs="*", default=list(SUITES), choices=SUITES)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     parser.add_argument("--rates", type=float, nargs="+", default=[250.0, 500.0, 1000.0])
+    parser.add_argument("--cpu-qos", action=argparse.BooleanOptionalAction, default=True,
+                        help="hold a 0 us CPU latency request while measuring (idle CPUs "
+                             "poll instead of halting; needs root, else not held)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=170)
@@ -70,25 +76,36 @@ def main() -> None:
     world = (bench_world(settings, console) if {"http", "serving", "decision"} & set(args.suites)
              else settings)
     out = settings.workspace.root / "bench"
+    qos = CpuLatencyRequest()
     for suite in args.suites:
-        if suite == "http":
-            from bench import http
-
-            rows = http.run(world, rates=args.rates, duration_s=args.duration, seed=99)
-        elif suite == "decision":
-            from bench import decision
-
-            rows = decision.run(settings, world)
-        elif suite == "serving":
-            from bench import serving
-
-            rows = serving.run(world)
-        elif suite == "features":
-            from bench import features
-
-            rows = features.run(settings)
+        if args.cpu_qos:
+            qos.hold()
+        try:
+            rows = _run_suite(suite, settings, world, args, qos)
+            machine = {"cpu_idle": {**idle_policy(), "cpu_latency_request": qos.status}}
+        finally:
+            qos.release()
         print_table(console, rows, f"bench: {suite}")
-        console.print(f"wrote {write_json(rows, out, suite)}")
+        console.print(f"wrote {write_json(rows, out, suite, machine)}")
+
+
+def _run_suite(suite: str, settings: Settings, world: Settings, args: argparse.Namespace,
+               qos: CpuLatencyRequest) -> list[Row]:
+    if suite == "http":
+        from bench import http
+
+        return http.run(world, rates=args.rates, duration_s=args.duration, seed=99)
+    if suite == "decision":
+        from bench import decision
+
+        return decision.run(settings, world, qos=qos)
+    if suite == "serving":
+        from bench import serving
+
+        return serving.run(world)
+    from bench import features
+
+    return features.run(settings)
 
 
 if __name__ == "__main__":

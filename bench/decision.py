@@ -24,7 +24,12 @@ Rows:
 * the decision service's level run repeated (``level_repeats`` runs in all: the extra
   ones back to back after the level phase) and the median of their p50 and p99: one
   run's p99 varies from run to run;
-* a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors);
+* with a CPU latency request held (``python -m bench`` holds one while it measures;
+  :mod:`bench.cpu_idle`): the trivial handler's and the decision service's level runs
+  once more with the request released, the machine's own idle policy, and the held
+  runs' ratios against them (the cost of waking halted CPUs, in the same run);
+* a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors),
+  a step that misses tried once more (``ladder_retries``) before the ladder stops;
 * a soak at ``level_rate`` for ``soak_s`` seconds: zero errors, and the decision log
   (flushed by SIGTERM) holds exactly one record per answered request.
 
@@ -52,6 +57,7 @@ from fastapi import Request
 
 from adplatform.config import Settings
 from adplatform.ports import free_port
+from bench.cpu_idle import CpuLatencyRequest
 from bench.harness import Row, Server, load_row, with_ratios
 from bench.loadgen import LoadResult, run_load, wait_until_healthy
 from decisioning.server import KEEP_ALIVE_S
@@ -70,6 +76,11 @@ class DecisionBenchConfig:
     ladder: tuple[float, ...] = (250.0, 500.0, 750.0, 1000.0, 1250.0, 1500.0, 1750.0, 2000.0,
                                  2500.0, 3000.0, 4000.0)
     step_s: float = 5.0
+    # A ladder step that misses the budget is run once more before the ladder stops:
+    # one stall of 30-250 ms (the shared 2-core machine; README) puts a 5 s step's p99
+    # over 10 ms at any rate, and stopped the one-process ladder at its first step
+    # (250/s) in two runs on 2026-12-06. Both tries are rows.
+    ladder_retries: int = 1
     soak_s: float = 60.0
     warmup_s: float = 2.0
     # Level runs of the decision service in all (the extra ones after the level phase):
@@ -335,13 +346,21 @@ def engine_alone(world: Settings, campaigns: Path, bodies: list[bytes], n: int,
 
 def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
             server: Server, **load: Any) -> tuple[list[Row], float]:
+    """Steps up the rates until a step misses the budget (p99 ≤ 10 ms, no errors) in
+    each of its ``1 + cfg.ladder_retries`` tries; a row per try. Returns the rows and
+    the highest rate a try met the budget at."""
     rows, best = [], 0.0
     for rate in cfg.ladder:
-        res = run_load("127.0.0.1", port, PATH, bodies, rate=rate, duration_s=cfg.step_s,
-                       **load)
-        server.settle()
-        ok = res.errors == 0 and res.percentile(99) <= P99_BUDGET_MS
-        rows.append(_row(f"{name}: ladder step", "-", res, within_budget=str(ok)))
+        ok = False
+        for attempt in range(1 + max(0, cfg.ladder_retries)):
+            res = run_load("127.0.0.1", port, PATH, bodies, rate=rate,
+                           duration_s=cfg.step_s, **load)
+            server.settle()
+            ok = res.errors == 0 and res.percentile(99) <= P99_BUDGET_MS
+            label = "ladder step" if attempt == 0 else f"ladder step, try {attempt + 1}"
+            rows.append(_row(f"{name}: {label}", "-", res, within_budget=str(ok)))
+            if ok:
+                break
         if not ok:
             break
         best = rate
@@ -371,6 +390,28 @@ def _repeats(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig
     return rows
 
 
+def _idle_policy_runs(qos: CpuLatencyRequest,
+                      servers: dict[str, tuple[int, str, Server, Row]],
+                      bodies: list[bytes], cfg: DecisionBenchConfig) -> list[Row]:
+    """One level run of each server with ``qos`` released (the machine's own CPU idle
+    policy), then each server's level row (run with the request held) with its ratios
+    against that run: how much of the latency was waking halted CPUs."""
+    idle: dict[str, Row] = {}
+    with qos.paused():
+        for key, (port, name, server, _) in servers.items():
+            res = run_load("127.0.0.1", port, PATH, bodies, rate=cfg.level_rate,
+                           duration_s=cfg.level_s)
+            server.settle()
+            idle[key] = _row(f"{name}: level run, CPUs halting when idle", "-", res,
+                             cpu_latency_request="released")
+    rows = list(idle.values())
+    for key, (_, _, _, held) in servers.items():
+        rows.append(with_ratios(replace(held, baseline=idle[key].target,
+                                        extra={**held.extra, "cpu_latency_request": "held"}),
+                                idle[key]))
+    return rows
+
+
 def _log_records(log_root: Path) -> int:
     from adplatform.eventlog import read_events
 
@@ -378,8 +419,11 @@ def _log_records(log_root: Path) -> int:
 
 
 def run(settings: Settings, world: Settings, *,
-        config: DecisionBenchConfig | None = None) -> list[Row]:
-    """Every phase (see the module docstring); ``world`` is a trained workspace."""
+        config: DecisionBenchConfig | None = None,
+        qos: CpuLatencyRequest | None = None) -> list[Row]:
+    """Every phase (see the module docstring); ``world`` is a trained workspace. ``qos``:
+    the CPU latency request the caller holds while this runs (released for the rows
+    of the machine's own idle policy)."""
     cfg = config or DecisionBenchConfig()
     out = settings.workspace.root / "bench" / "decision"
     out.mkdir(parents=True, exist_ok=True)
@@ -453,6 +497,9 @@ def run(settings: Settings, world: Settings, *,
                                         extra=dict(level["decision"].extra)), level["asgi"]))
         rows.append(with_ratios(replace(level["workers"], baseline=names["decision"]),
                                 level["decision"]))
+        if qos is not None and qos.held:
+            rows += _idle_policy_runs(qos, {k: (ports[k], names[k], servers[k], level[k])
+                                            for k in ("trivial", "decision")}, bodies, cfg)
         for key in ("trivial", "naive", "asgi", "decision", "workers"):
             ladder_rows, best[key] = _ladder(ports[key], names[key], bodies, cfg,
                                              servers[key], **load[key])
@@ -489,12 +536,15 @@ def main() -> None:
 
     from adplatform.config import get_settings
     from bench.__main__ import bench_world
+    from bench.cpu_idle import idle_policy
     from bench.harness import print_table, write_json
 
     parser = argparse.ArgumentParser(prog="python -m bench.decision")
     parser.add_argument("--quick", action="store_true", help="short phases (development)")
     parser.add_argument("--level-rate", type=float, default=1000.0)
     parser.add_argument("--soak", type=float, default=None, help="soak seconds")
+    parser.add_argument("--cpu-qos", action=argparse.BooleanOptionalAction, default=True,
+                        help="hold a 0 us CPU latency request while measuring")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cfg = DecisionBenchConfig.quick() if args.quick else DecisionBenchConfig()
@@ -502,9 +552,17 @@ def main() -> None:
                   soak_s=args.soak if args.soak is not None else cfg.soak_s)
     console = Console(width=170)
     settings = get_settings()
-    rows = run(settings, bench_world(settings, console), config=cfg)
+    world = bench_world(settings, console)
+    qos = CpuLatencyRequest()
+    if args.cpu_qos:
+        qos.hold()
+    try:
+        rows = run(settings, world, config=cfg, qos=qos)
+        machine = {"cpu_idle": {**idle_policy(), "cpu_latency_request": qos.status}}
+    finally:
+        qos.release()
     print_table(console, rows, "bench: decision")
-    console.print(f"wrote {write_json(rows, settings.workspace.root / 'bench', 'decision')}")
+    console.print(f"wrote {write_json(rows, settings.workspace.root / 'bench', 'decision', machine)}")
 
 
 if __name__ == "__main__":

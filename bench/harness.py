@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,12 +66,14 @@ def print_table(console: Console, rows: list[Row], title: str) -> None:
     console.print(t)
 
 
-def write_json(rows: list[Row], out_dir: Path, suite: str) -> Path:
+def write_json(rows: list[Row], out_dir: Path, suite: str,
+               machine: Mapping[str, object] | None = None) -> Path:
+    """``machine``: more about the machine's state during the run (the CPU idle policy)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{suite}.json"
     doc = {"suite": suite, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                       "platform": platform.platform()},
+                       "platform": platform.platform(), **(machine or {})},
            "rows": [asdict(r) for r in rows]}
     path.write_text(json.dumps(doc, indent=2))
     return path

@@ -1,4 +1,5 @@
-"""The decision bench's repeated level runs: one row per extra run and the median row."""
+"""The decision bench's repeated level runs (one row per extra run and the median row)
+and its rate ladder (a missed step tried once more)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,34 @@ def test_one_level_run_adds_nothing() -> None:
                 p99_ms=3.0, throughput=1000.0)
     assert decision._repeats(1, "d", [], decision.DecisionBenchConfig.quick(),
                              _Server(), first) == []  # type: ignore[arg-type]
+
+
+def test_ladder_tries_a_missed_step_once_more_before_it_stops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 250/s: a stall (p99 30 ms), then within budget; 500/s within; 750/s misses twice.
+    p99s = iter([30.0, 2.0, 2.0, 12.0, 11.0])
+    rates: list[float] = []
+
+    def fake_run_load(host: str, port: int, path: str, bodies: list[bytes], **kw: Any
+                      ) -> LoadResult:
+        rates.append(kw["rate"])
+        return _result(next(p99s))
+
+    monkeypatch.setattr(decision, "run_load", fake_run_load)
+    cfg = decision.DecisionBenchConfig(ladder=(250.0, 500.0, 750.0, 1000.0))
+    rows, best = decision._ladder(8080, "d", [b"{}"], cfg, _Server())  # type: ignore[arg-type]
+    assert best == 500.0
+    assert rates == [250.0, 250.0, 500.0, 750.0, 750.0]       # 1,000/s never runs
+    assert [(r.target, r.extra["within_budget"]) for r in rows] == [
+        ("d: ladder step", "False"), ("d: ladder step, try 2", "True"),
+        ("d: ladder step", "True"), ("d: ladder step", "False"),
+        ("d: ladder step, try 2", "False")]
+
+
+def test_ladder_without_retries_stops_at_the_first_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    p99s = iter([30.0])
+    monkeypatch.setattr(decision, "run_load",
+                        lambda *a, **kw: _result(next(p99s)))
+    cfg = decision.DecisionBenchConfig(ladder=(250.0, 500.0), ladder_retries=0)
+    rows, best = decision._ladder(8080, "d", [b"{}"], cfg, _Server())  # type: ignore[arg-type]
+    assert best == 0.0 and len(rows) == 1

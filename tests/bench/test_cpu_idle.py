@@ -1,0 +1,115 @@
+"""The CPU latency request the benchmarks hold, and the decision bench's rows without it.
+
+The request is written to a stand-in file here: the tests check what is written and
+when the file is open, not the kernel's PM QoS (which needs root and changes the
+machine)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bench.decision as decision
+from bench.cpu_idle import CpuLatencyRequest, idle_policy
+from bench.harness import Row
+from bench.loadgen import LoadResult
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_hold_writes_the_request_and_keeps_the_device_open(tmp_path: Path) -> None:
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    before = _open_fds()
+    qos = CpuLatencyRequest(0, device=device)
+    assert qos.status == "not held"
+    assert qos.hold() and qos.held and qos.status == "held: 0 us"
+    assert device.read_bytes() == struct.pack("=i", 0)       # a binary s32, as the kernel reads
+    assert len(_open_fds() - before) == 1                    # the request lasts while open
+    assert qos.hold()                                        # idempotent: no second file
+    assert len(_open_fds() - before) == 1
+    qos.release()
+    assert not qos.held and _open_fds() == before
+
+
+def test_a_device_that_cannot_be_opened_is_reported_not_raised(tmp_path: Path) -> None:
+    qos = CpuLatencyRequest(0, device=tmp_path / "missing")
+    assert not qos.hold()
+    assert not qos.held and qos.status.startswith("unavailable: ")
+    with qos.paused():                                        # nothing to pause or take back
+        assert not qos.held
+    assert not qos.held
+
+
+def test_paused_releases_for_the_block_then_holds_again(tmp_path: Path) -> None:
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    with CpuLatencyRequest(5, device=device) as qos:
+        assert device.read_bytes() == struct.pack("=i", 5)
+        with qos.paused():
+            assert not qos.held
+        assert qos.held
+    assert not qos.held
+
+
+def test_negative_latency_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_latency_us"):
+        CpuLatencyRequest(-1)
+
+
+def test_idle_policy_names_its_fields() -> None:
+    assert set(idle_policy()) == {"cpuidle_driver", "cpuidle_governor", "guest_halt_poll_ns"}
+
+
+class _Server:
+    def settle(self) -> float:
+        return 0.0
+
+
+def _result(p50_ms: float) -> LoadResult:
+    res = LoadResult(rate=1000.0, duration_s=0.1, sent=100)
+    res.latencies_ms = [p50_ms] * 100
+    return res
+
+
+def test_idle_policy_rows_run_with_the_request_released(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    qos = CpuLatencyRequest(0, device=device)
+    qos.hold()
+    held_during: list[bool] = []
+    results = iter([_result(0.6), _result(1.2)])
+
+    def fake_run_load(host: str, port: int, path: str, bodies: list[bytes], **kw: Any
+                      ) -> LoadResult:
+        held_during.append(qos.held)
+        return next(results)
+
+    monkeypatch.setattr(decision, "run_load", fake_run_load)
+
+    def level(name: str, p50: float) -> Row:
+        return Row(suite="decision", target=name, baseline="-", rate=1000.0, p50_ms=p50,
+                   p99_ms=p50, throughput=1000.0, extra={"server_cpu_ms_per_answer": 0.5})
+
+    servers = {"trivial": (1, "trivial", _Server(), level("trivial", 0.3)),
+               "decision": (2, "decision", _Server(), level("decision", 0.8))}
+    rows = decision._idle_policy_runs(qos, servers, [b"{}"],  # type: ignore[arg-type]
+                                      decision.DecisionBenchConfig())
+    assert held_during == [False, False] and qos.held
+    assert [(r.target, r.baseline) for r in rows] == [
+        ("trivial: level run, CPUs halting when idle", "-"),
+        ("decision: level run, CPUs halting when idle", "-"),
+        ("trivial", "trivial: level run, CPUs halting when idle"),
+        ("decision", "decision: level run, CPUs halting when idle")]
+    assert rows[2].ratio_p50 == pytest.approx(0.6 / 0.3)     # idle-policy p50 / held p50
+    assert rows[3].ratio_p50 == pytest.approx(1.2 / 0.8)
+    assert rows[3].extra == {"server_cpu_ms_per_answer": 0.5, "cpu_latency_request": "held"}
+    assert servers["decision"][3].extra == {"server_cpu_ms_per_answer": 0.5}  # not mutated
+    qos.release()
