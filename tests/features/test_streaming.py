@@ -330,5 +330,7 @@ def test_warm_start_rebuilds_the_windows_from_the_log(
 
 def test_measure_freshness_in_process_on_sqlite(tmp_path: Path) -> None:
     result = measure_freshness(Settings(home=tmp_path / "ws"), "inprocess", n=40, rate_hz=100)
+    # Every probe reached the online store (within measure_freshness's timeout); how
+    # fast is the bench's to say (no wall-clock thresholds in tests).
     assert result["seen"] == 40 and result["online_store"] == "sqlite"
-    assert result["p99_ms"] < 1000
+    assert 0 <= result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]

@@ -185,5 +185,7 @@ def test_unreachable_servers_raise_bus_errors(tmp_path: Path) -> None:
 def test_freshness_on_redis_store(transport: str, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "ws", profile="services", redis_url=REDIS_TEST_URL)
     result = measure_freshness(settings, transport, n=40, rate_hz=100)
+    # Every probe reached the online store (within measure_freshness's timeout); how
+    # fast is the bench's to say (no wall-clock thresholds in tests).
     assert result["seen"] == 40 and result["online_store"] == "redis"
-    assert result["p99_ms"] < 1000, result
+    assert 0 <= result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]

@@ -176,7 +176,9 @@ def test_slow_model_times_out_at_the_timeout(pytriton_server: TritonProcess,
         with pytest.raises(BackendTimeout):
             backend.score(random_auction(rng))
         elapsed = time.monotonic() - started
-        assert 0.25 <= elapsed < 0.3 + 0.4, elapsed
+        # Not before the timeout, and before the model's answer (SLEEP_S): the timeout
+        # ended the call. No tighter bound: a loaded machine stretches any wall clock.
+        assert 0.25 <= elapsed < SLEEP_S, elapsed
         # The late answer to the timed-out request must not leak into the next call.
         backend.timeout_s = 3 * SLEEP_S + 2
         auction = random_auction(rng)
