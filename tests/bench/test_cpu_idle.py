@@ -19,23 +19,30 @@ from bench.harness import Row
 from bench.loadgen import LoadResult
 
 
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
+def _opened(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    fds = Path("/proc/self/fd")
+    n = 0
+    for fd in os.listdir(fds):
+        try:
+            n += os.readlink(fds / fd) == str(path)
+        except OSError:
+            continue                  # closed since the listing (the listing's own fd)
+    return n
 
 
 def test_hold_writes_the_request_and_keeps_the_device_open(tmp_path: Path) -> None:
     device = tmp_path / "cpu_dma_latency"
     device.write_bytes(b"")
-    before = _open_fds()
     qos = CpuLatencyRequest(0, device=device)
-    assert qos.status == "not held"
+    assert qos.status == "not held" and _opened(device) == 0
     assert qos.hold() and qos.held and qos.status == "held: 0 us"
     assert device.read_bytes() == struct.pack("=i", 0)       # a binary s32, as the kernel reads
-    assert len(_open_fds() - before) == 1                    # the request lasts while open
+    assert _opened(device) == 1                              # the request lasts while open
     assert qos.hold()                                        # idempotent: no second file
-    assert len(_open_fds() - before) == 1
+    assert _opened(device) == 1
     qos.release()
-    assert not qos.held and _open_fds() == before
+    assert not qos.held and _opened(device) == 0
 
 
 def test_a_device_that_cannot_be_opened_is_reported_not_raised(tmp_path: Path) -> None:
