@@ -15,7 +15,8 @@ import logging
 from rich.console import Console
 
 from adplatform.config import Settings, get_settings
-from bench.cpu_idle import CpuLatencyRequest, idle_policy
+from bench import cpu_idle
+from bench.cpu_idle import CpuLatencyRequest
 from bench.harness import Row, print_table, write_json
 
 SUITES = ("features", "http", "serving", "decision")
@@ -66,9 +67,7 @@ def main() -> None:
     parser.add_argument("suites", nargs="*", default=list(SUITES), choices=SUITES)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load level")
     parser.add_argument("--rates", type=float, nargs="+", default=[250.0, 500.0, 1000.0])
-    parser.add_argument("--cpu-qos", action=argparse.BooleanOptionalAction, default=True,
-                        help="hold a 0 us CPU latency request while measuring (idle CPUs "
-                             "poll instead of halting; needs root, else not held)")
+    cpu_idle.add_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=170)
@@ -76,15 +75,10 @@ def main() -> None:
     world = (bench_world(settings, console) if {"http", "serving", "decision"} & set(args.suites)
              else settings)
     out = settings.workspace.root / "bench"
-    qos = CpuLatencyRequest()
     for suite in args.suites:
-        if args.cpu_qos:
-            qos.hold()
-        try:
+        with cpu_idle.measuring(args.cpu_qos) as qos:
             rows = _run_suite(suite, settings, world, args, qos)
-            machine = {"cpu_idle": {**idle_policy(), "cpu_latency_request": qos.status}}
-        finally:
-            qos.release()
+            machine = cpu_idle.machine_record(qos)
         print_table(console, rows, f"bench: {suite}")
         console.print(f"wrote {write_json(rows, out, suite, machine)}")
 

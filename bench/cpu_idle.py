@@ -6,16 +6,17 @@ wake-up of a halted CPU is charged to the server's latency: the generator's send
 is inside each latency (measured from the due time), and so is the server's wake-up.
 On a virtual machine that halts its vCPUs the moment they idle (the project's 2-vCPU
 bench VM: KVM, cpuidle driver ``haltpoll`` with ``guest_halt_poll_ns=0``), such a
-wake-up goes through the hypervisor and takes from tens of microseconds to a few
-milliseconds.
+wake-up goes through the hypervisor (what it cost the decision suite's rows: README,
+Benchmarks).
 
 :class:`CpuLatencyRequest` holds a CPU latency request through the kernel's PM QoS
 interface: a 32-bit number of microseconds written to ``/dev/cpu_dma_latency``. The
 request lasts while the file stays open; the kernel drops it when the file is closed
 or the process exits. With 0 µs the idle loop polls instead of halting. Latency-tuned
-hosts hold the same request (tuned's ``latency-performance`` and ``network-latency``
-profiles). The polling CPUs use no CPU time that a runnable task could use; they do
-keep the host's CPUs busy, so the request is held only while a benchmark measures.
+hosts hold a request of this kind (tuned's ``latency-performance`` profile, its
+``force_latency``); cyclictest holds 0 µs while it measures. The idle loop gives way
+to any runnable task, but a polling CPU keeps the host's CPU busy, so the request is
+held only while a benchmark measures.
 
 It needs write access to the device (root). Without it the request is not held, and
 :attr:`CpuLatencyRequest.status` says why.
@@ -23,6 +24,7 @@ It needs write access to the device (root). Without it the request is not held, 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import struct
@@ -107,6 +109,30 @@ class CpuLatencyRequest:
         self.release()
 
 
+def add_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cpu-qos`` / ``--no-cpu-qos`` (default: hold the request while measuring)."""
+    parser.add_argument("--cpu-qos", action=argparse.BooleanOptionalAction, default=True,
+                        help="hold a 0 us CPU latency request while measuring (idle CPUs "
+                             "poll instead of halting; needs root, else not held)")
+
+
+@contextmanager
+def measuring(hold: bool, device: Path = QOS_DEVICE) -> Iterator[CpuLatencyRequest]:
+    """A request held for the block when ``hold`` (else never held), released after."""
+    qos = CpuLatencyRequest(device=device)
+    if hold:
+        qos.hold()
+    try:
+        yield qos
+    finally:
+        qos.release()
+
+
+def machine_record(qos: CpuLatencyRequest) -> dict[str, object]:
+    """What a bench JSON file records of the idle policy: ``{"cpu_idle": {...}}``."""
+    return {"cpu_idle": {**idle_policy(), "cpu_latency_request": qos.status}}
+
+
 def idle_policy() -> dict[str, str]:
     """The machine's cpuidle driver and governor and, under ``haltpoll``, how long an
     idle vCPU polls before it halts (``""`` where the file is absent)."""
@@ -121,4 +147,5 @@ def idle_policy() -> dict[str, str]:
             "guest_halt_poll_ns": read(_HALT_POLL)}
 
 
-__all__ = ["QOS_DEVICE", "CpuLatencyRequest", "idle_policy"]
+__all__ = ["QOS_DEVICE", "CpuLatencyRequest", "add_argument", "idle_policy",
+           "machine_record", "measuring"]

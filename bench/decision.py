@@ -367,6 +367,15 @@ def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
     return rows, best
 
 
+def _level_run(port: int, bodies: list[bytes], cfg: DecisionBenchConfig,
+               server: Server) -> LoadResult:
+    """One more run of a server at the level rate, then wait until it is idle again."""
+    res = run_load("127.0.0.1", port, PATH, bodies, rate=cfg.level_rate,
+                   duration_s=cfg.level_s)
+    server.settle()
+    return res
+
+
 def _repeats(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
              server: Server, first: Row) -> list[Row]:
     """``cfg.level_repeats - 1`` more level runs of one server, back to back, a row for
@@ -375,9 +384,7 @@ def _repeats(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig
         return []
     rows, p50s, p99s, rps = [], [first.p50_ms], [first.p99_ms], [first.throughput]
     for k in range(2, cfg.level_repeats + 1):
-        res = run_load("127.0.0.1", port, PATH, bodies, rate=cfg.level_rate,
-                       duration_s=cfg.level_s)
-        server.settle()
+        res = _level_run(port, bodies, cfg, server)
         rows.append(_row(f"{name}: level run {k} of {cfg.level_repeats}", "-", res))
         p50s.append(rows[-1].p50_ms)
         p99s.append(rows[-1].p99_ms)
@@ -399,9 +406,7 @@ def _idle_policy_runs(qos: CpuLatencyRequest,
     idle: dict[str, Row] = {}
     with qos.paused():
         for key, (port, name, server, _) in servers.items():
-            res = run_load("127.0.0.1", port, PATH, bodies, rate=cfg.level_rate,
-                           duration_s=cfg.level_s)
-            server.settle()
+            res = _level_run(port, bodies, cfg, server)
             idle[key] = _row(f"{name}: level run, CPUs halting when idle", "-", res,
                              cpu_latency_request="released")
     rows = list(idle.values())
@@ -535,16 +540,15 @@ def main() -> None:
     from rich.console import Console
 
     from adplatform.config import get_settings
+    from bench import cpu_idle
     from bench.__main__ import bench_world
-    from bench.cpu_idle import idle_policy
     from bench.harness import print_table, write_json
 
     parser = argparse.ArgumentParser(prog="python -m bench.decision")
     parser.add_argument("--quick", action="store_true", help="short phases (development)")
     parser.add_argument("--level-rate", type=float, default=1000.0)
     parser.add_argument("--soak", type=float, default=None, help="soak seconds")
-    parser.add_argument("--cpu-qos", action=argparse.BooleanOptionalAction, default=True,
-                        help="hold a 0 us CPU latency request while measuring")
+    cpu_idle.add_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cfg = DecisionBenchConfig.quick() if args.quick else DecisionBenchConfig()
@@ -553,14 +557,9 @@ def main() -> None:
     console = Console(width=170)
     settings = get_settings()
     world = bench_world(settings, console)
-    qos = CpuLatencyRequest()
-    if args.cpu_qos:
-        qos.hold()
-    try:
+    with cpu_idle.measuring(args.cpu_qos) as qos:
         rows = run(settings, world, config=cfg, qos=qos)
-        machine = {"cpu_idle": {**idle_policy(), "cpu_latency_request": qos.status}}
-    finally:
-        qos.release()
+        machine = cpu_idle.machine_record(qos)
     print_table(console, rows, "bench: decision")
     console.print(f"wrote {write_json(rows, settings.workspace.root / 'bench', 'decision', machine)}")
 

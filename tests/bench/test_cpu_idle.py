@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import bench.decision as decision
-from bench.cpu_idle import CpuLatencyRequest, idle_policy
+from bench.cpu_idle import CpuLatencyRequest, idle_policy, machine_record, measuring
 from bench.harness import Row
 from bench.loadgen import LoadResult
 
@@ -68,6 +68,19 @@ def test_paused_releases_for_the_block_then_holds_again(tmp_path: Path) -> None:
 def test_negative_latency_is_refused() -> None:
     with pytest.raises(ValueError, match="max_latency_us"):
         CpuLatencyRequest(-1)
+
+
+def test_measuring_holds_for_the_block_only_when_asked(tmp_path: Path) -> None:
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    with pytest.raises(RuntimeError), measuring(True, device=device) as qos:
+        assert qos.held and _opened(device) == 1
+        assert machine_record(qos)["cpu_idle"]["cpu_latency_request"] == "held: 0 us"  # type: ignore[index]
+        raise RuntimeError("a suite failed")
+    assert not qos.held and _opened(device) == 0        # released on the way out
+    with measuring(False, device=device) as qos:
+        assert not qos.held and _opened(device) == 0
+        assert machine_record(qos)["cpu_idle"]["cpu_latency_request"] == "not held"  # type: ignore[index]
 
 
 def test_idle_policy_names_its_fields() -> None:
