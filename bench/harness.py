@@ -46,7 +46,12 @@ def load_row(suite: str, target: str, baseline: str, res: LoadResult,
                       "send_lag_p50_ms": round(res.send_lag(50), 3),
                       "send_lag_p99_ms": round(res.send_lag(99), 3),
                       "conns_warm": res.warm_conns, "conns_opened": res.conns_opened,
-                      **extra})
+                      "steal_pct": _pct(res.steal_pct),
+                      "steal_peak_pct": _pct(res.steal_peak_pct), **extra})
+
+
+def _pct(value: float | None) -> float | str:
+    return "n/a" if value is None else round(value, 1)
 
 
 def with_ratios(target: Row, baseline: Row) -> Row:
@@ -57,13 +62,23 @@ def with_ratios(target: Row, baseline: Row) -> Row:
 
 def print_table(console: Console, rows: list[Row], title: str) -> None:
     t = Table("suite", "target", "baseline", "rate", "p50 ms", "p99 ms", "throughput/s",
-              "errors", "ratio p50", "ratio p99", title=title)
+              "errors", "ratio p50", "ratio p99", "steal % (peak)", title=title)
     for r in rows:
         t.add_row(r.suite, r.target, r.baseline, "-" if r.rate is None else f"{r.rate:.0f}",
                   f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", f"{r.throughput:,.0f}", str(r.errors),
                   "-" if r.ratio_p50 is None else f"{r.ratio_p50:.2f}x",
-                  "-" if r.ratio_p99 is None else f"{r.ratio_p99:.2f}x")
+                  "-" if r.ratio_p99 is None else f"{r.ratio_p99:.2f}x", _steal_cell(r))
     console.print(t)
+
+
+def _steal_cell(r: Row) -> str:
+    """The machine's steal during the row's run (:mod:`bench.steal`), its worst half
+    second in brackets; "-" for rows that do not measure it."""
+    pct = r.extra.get("steal_pct")
+    if pct is None:
+        return "-"
+    peak = r.extra.get("steal_peak_pct")
+    return f"{pct}" if peak in (None, "n/a") else f"{pct} ({peak})"
 
 
 def write_json(rows: list[Row], out_dir: Path, suite: str,

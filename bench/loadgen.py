@@ -54,6 +54,14 @@ class LoadResult:
     send_lag_ms: list[float] = field(default_factory=list)
     warm_conns: int = 0                      # opened before the schedule started
     conns_opened: int = 0                    # opened during the run (all busy, or retries)
+    # The schedule's start and the run's end on time.perf_counter (CLOCK_MONOTONIC, the
+    # same clock in every process): the window run_load measures steal over.
+    started: float = float("nan")
+    ended: float = float("nan")
+    # CPU time the hypervisor took from the machine during the run (bench.steal), in %
+    # of all CPUs' time: over the run and over its worst half second; None: not measured.
+    steal_pct: float | None = None
+    steal_peak_pct: float | None = None
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -191,6 +199,7 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
     n = int(rate * duration_s)
     i = 0
     start = clock() + 0.2
+    result.started = start
     deadline = float("inf")
     while i < n or busy:
         now = clock()
@@ -250,6 +259,7 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
             else:
                 del busy[sock]
                 idle.append(conn)
+    result.ended = clock()
     for conn in idle:
         conn.sock.close()
     return result
@@ -265,15 +275,22 @@ def run_load(host: str, port: int, path: str, bodies: list[bytes], *, rate: floa
              pool: Literal["lifo", "fifo"] = "lifo") -> LoadResult:
     """Run one open-loop load in a separate process and return its measurements
     (``warm_conns`` connections opened before the schedule starts; ``pool``: which idle
-    connection the next request takes, see the module docstring)."""
+    connection the next request takes, see the module docstring), with the machine's
+    steal during the run (:mod:`bench.steal`, sampled in this process)."""
+    from bench.steal import StealMonitor
+
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     args = (host, port, path, bodies, rate, duration_s, headers or {}, max_conns, warm_conns,
             pool)
     p = ctx.Process(target=_worker, args=(q, args), daemon=True)
-    p.start()
-    res: LoadResult = q.get(timeout=duration_s + 90)
+    with StealMonitor() as monitor:
+        p.start()
+        res: LoadResult = q.get(timeout=duration_s + 90)
     p.join(timeout=10)
+    steal = monitor.between(res.started, res.ended)
+    if steal is not None:
+        res.steal_pct, res.steal_peak_pct = steal.pct, steal.peak_pct
     return res
 
 

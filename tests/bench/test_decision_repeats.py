@@ -21,15 +21,16 @@ class _Server:
         return 0.0
 
 
-def _result(p99_ms: float) -> LoadResult:
+def _result(p99_ms: float, steal_pct: float | None = None) -> LoadResult:
     # 100 answers: 98 at 1 ms and two at p99_ms, so the 99th percentile is p99_ms.
     res = LoadResult(rate=1000.0, duration_s=0.1, sent=100)
     res.latencies_ms = [1.0] * 98 + [p99_ms] * 2
+    res.steal_pct = steal_pct
     return res
 
 
 def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.MonkeyPatch) -> None:
-    results = iter([_result(5.0), _result(2.0)])
+    results = iter([_result(5.0, 12.0), _result(2.0)])
     calls: list[dict[str, Any]] = []
 
     def fake_run_load(host: str, port: int, path: str, bodies: list[bytes], **kw: Any
@@ -40,7 +41,7 @@ def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.Monkey
     monkeypatch.setattr(decision, "run_load", fake_run_load)
     cfg = decision.DecisionBenchConfig(level_repeats=3)
     first = Row(suite="decision", target="decision service", baseline="-", rate=1000.0,
-                p50_ms=1.0, p99_ms=3.5, throughput=1000.0)
+                p50_ms=1.0, p99_ms=3.5, throughput=1000.0, extra={"steal_pct": 0.5})
     server = _Server()
     rows = decision._repeats(8080, "decision service", [b"{}"], cfg, server,  # type: ignore[arg-type]
                              first)
@@ -51,6 +52,7 @@ def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.Monkey
     assert rows[0].p99_ms == pytest.approx(5.0) and rows[1].p99_ms == pytest.approx(2.0)
     assert rows[2].p99_ms == pytest.approx(3.5)             # median of 3.5, 5.0, 2.0
     assert rows[2].extra["p99_ms_each"] == "3.50 / 5.00 / 2.00"
+    assert rows[2].extra["steal_pct_each"] == "0.5 / 12.0 / n/a"   # each run's machine
 
 
 def test_one_level_run_adds_nothing() -> None:

@@ -8,10 +8,11 @@ import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from bench.loadgen import _run, parse_response
+from bench.loadgen import _run, parse_response, run_load
 
 
 def test_parse_response_waits_for_the_whole_reply() -> None:
@@ -145,3 +146,14 @@ def test_a_server_that_is_not_there_is_an_error_per_request() -> None:
         port = s.getsockname()[1]          # bound, never listening: refused
         res = _load(port, rate=100.0)
     assert res.sent == 25 and res.errors == 25 and not res.latencies_ms
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="steal is read from /proc/stat")
+def test_run_load_measures_steal_over_its_schedule() -> None:
+    with server() as srv:
+        res = run_load("127.0.0.1", srv.server_address[1], "/bid", [b'{"id":"1"}'],
+                       rate=100.0, duration_s=0.5, warm_conns=1)
+    assert res.statuses == {200: 50}
+    assert res.started < res.ended                       # the generator's own clock
+    assert res.steal_pct is not None and res.steal_peak_pct is not None
+    assert 0.0 <= res.steal_pct <= res.steal_peak_pct <= 100.0
