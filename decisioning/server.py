@@ -5,8 +5,16 @@
 parsed (``scope["adplatform.received_perf"]``). The app's middleware hands that stamp
 to the engine, so time a request spends queued in the event loop behind other work
 (before its handler runs) counts against its ``tmax``: a request that waited past its
-budget is shed with a no-bid at once. Time spent in the kernel's socket buffer before
-the loop reads it is not seen (the same for any user-space server).
+budget is shed with a no-bid at once.
+
+Time the request spent in the kernel's receive buffer before the loop read it (the
+process was busy with earlier requests, or not running at all) is taken off the stamp
+too, on Linux: :func:`kernel_wait_s` reads the socket's ``TCP_INFO``, whose
+``tcpi_last_data_recv`` says how many milliseconds ago the kernel last received data on
+the connection. The kernel counts it in jiffies (1-10 ms), so a reading is taken as at
+least that much less 10 ms: waits of up to 10 ms are not seen, longer ones are counted
+short by up to 10 ms, and a request is never shed for time it did not wait. Where
+``TCP_INFO`` is missing (not Linux) only the loop's own queue is seen.
 
 :func:`serve` runs one process (:mod:`decisioning.workers` runs several); uvicorn
 turns SIGTERM into a graceful shutdown (stop accepting, finish in-flight requests, run
@@ -15,7 +23,9 @@ the lifespan, which closes the engine and flushes the decision and notice logs).
 
 from __future__ import annotations
 
+import logging
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,6 +37,36 @@ if TYPE_CHECKING:
 
 #: Seconds an idle keep-alive connection stays open (uvicorn's default is 5).
 KEEP_ALIVE_S = 75
+
+logger = logging.getLogger(__name__)
+
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32s; tcpi_last_data_recv is the
+# 12th u32 (after rto, ato, snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets,
+# last_data_sent, last_ack_sent), in milliseconds.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_LEN = 104
+_LAST_DATA_RECV = struct.Struct("=I")
+_LAST_DATA_RECV_AT = 8 + 11 * 4
+#: Taken off each reading: the kernel counts in jiffies (HZ 100-1000, 1-10 ms each).
+JIFFY_SLACK_MS = 10
+
+
+def kernel_wait_s(sock: Any) -> float:
+    """At least how long the data just read from ``sock`` (a connected TCP socket, or
+    uvloop's stand-in for one) sat in the kernel's receive buffer, in seconds: its
+    ``TCP_INFO`` ``tcpi_last_data_recv`` less :data:`JIFFY_SLACK_MS`; 0.0 below that,
+    without ``TCP_INFO``, or when the socket cannot say (closing: logged at debug)."""
+    if sock is None or _TCP_INFO is None:
+        return 0.0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+    except OSError as exc:
+        logger.debug("TCP_INFO unavailable, no kernel wait taken off: %s", exc)
+        return 0.0
+    if len(info) < _LAST_DATA_RECV_AT + 4:
+        return 0.0
+    ms = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)[0]
+    return (ms - JIFFY_SLACK_MS) / 1000.0 if ms > JIFFY_SLACK_MS else 0.0
 
 
 class BidFastPath(Protocol):
@@ -77,10 +117,17 @@ def stamping_protocol(bid: BidFastPath | None = None) -> type[Any] | str:
         _bid_chunks: list[bytes]
         _bid_size = 0
         _perf: float | None = None
+        _sock: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._sock = transport.get_extra_info("socket")
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._perf = time.perf_counter()
+            # Arrival: now, less what the bytes waited in the kernel before the loop
+            # read them (module docstring).
+            self._perf = time.perf_counter() - kernel_wait_s(self._sock)
             self.scope[RECEIVED_PERF] = self._perf  # type: ignore[literal-required]
             self._bid_version = None
 
@@ -180,4 +227,5 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
 
 
-__all__ = ["KEEP_ALIVE_S", "BidFastPath", "bid_fast_path", "serve", "stamping_protocol"]
+__all__ = ["JIFFY_SLACK_MS", "KEEP_ALIVE_S", "BidFastPath", "bid_fast_path", "kernel_wait_s",
+           "serve", "stamping_protocol"]

@@ -289,7 +289,8 @@ def run_server(settings: Settings, *, host: str, port: int,
                 log.warning("worker metrics folder %s not removed: %s", metrics, exc)
     with decision_app(settings, host=host, port=port,
                       watch_interval_s=watch_interval_s) as app:
-        # Arrival stamps at parse time, long keep-alive, gc.freeze of start-up objects.
+        # Arrival stamps at parse time (less the kernel wait), long keep-alive, gc.freeze
+        # of start-up objects.
         serve(app, host=host, port=port)
     return 0
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
+import time
 from typing import Any
 
 import httpx
+import pytest
 
 from decisioning import create_app
+from decisioning.server import JIFFY_SLACK_MS, kernel_wait_s
 
 from .conftest import ThreadServer
 
@@ -120,3 +124,101 @@ def test_http_10_pipelining_and_connection_close(make_engine: Any) -> None:
     # The third request arrived while /healthz was still in flight on the ASGI path, so
     # it queued behind it there (uvicorn's pipeline) instead of jumping the queue.
     assert counting.calls == 2
+
+
+class _Socket:
+    """A stand-in socket whose TCP_INFO cannot be read (closing)."""
+
+    def getsockopt(self, *args: Any) -> bytes:
+        raise OSError(107, "Transport endpoint is not connected")
+
+
+needs_tcp_info = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"),
+                                    reason="TCP_INFO is Linux's")
+
+
+@needs_tcp_info
+def test_kernel_wait_is_the_time_data_sat_unread_and_not_idle_time() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        client = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        with client, conn:
+            client.sendall(b"x")                  # on loopback: queued when sendall returns
+            time.sleep(0.3)
+            waited = kernel_wait_s(conn)
+            conn.recv(1)
+            # Idle for a second, then data that is read at once: the idle time is not a wait.
+            time.sleep(1.0)
+            client.sendall(b"y")
+            fresh = kernel_wait_s(conn)
+    assert waited >= 0.3 - (JIFFY_SLACK_MS + 10) / 1000.0
+    assert fresh < 0.9
+    assert kernel_wait_s(None) == 0.0 and kernel_wait_s(_Socket()) == 0.0
+
+
+class _BlockingHandler(CountingHandler):
+    """Blocks the server's event loop for ``block_s`` while it answers request ``slow``,
+    and records the arrival stamp each request got and when its answer began."""
+
+    def __init__(self, inner: Any, block_s: float) -> None:
+        super().__init__(inner)
+        self.block_s = block_s
+        self.started = threading.Event()
+        self.stamps: dict[str, tuple[float, float]] = {}
+
+    def complete(self, headers: Any, chunks: list[bytes], size: int, version: str,
+                 perf: float | None) -> Any:
+        rid = json.loads(b"".join(chunks))["id"]
+        self.stamps[rid] = (perf if perf is not None else float("nan"), time.perf_counter())
+        if rid == "slow":
+            self.started.set()
+            time.sleep(self.block_s)               # the loop thread: nothing else is read
+        return super().complete(headers, chunks, size, version, perf)
+
+
+@needs_tcp_info
+def test_a_request_that_waited_in_the_kernel_past_its_tmax_is_shed(campaign_file: Any) -> None:
+    from decisioning import DecisionEngine, FileCampaignStore, MemorySink
+
+    from .conftest import FixedBackend, ZeroFeaturizer
+
+    sink = MemorySink()
+    engine = DecisionEngine(featurizer=ZeroFeaturizer(), models=FixedBackend(),
+                            campaigns=FileCampaignStore(campaign_file), sink=sink)
+    app = create_app(engine, api_keys=["k"])           # the system clock: stamps are used
+    handler = _BlockingHandler(app.state.bid_handler, block_s=0.4)
+    app.state.bid_handler = handler
+
+    def bid(rid: str, tmax: int) -> bytes:
+        return _request(BID_26, json.dumps({**BID, "id": rid, "tmax": tmax}).encode())
+
+    with ThreadServer(app) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as busy, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as other:
+        busy.sendall(bid("slow", 2000))
+        assert handler.started.wait(10)
+        other.sendall(bid("late", 100))            # read only when the loop is free again
+        answers = [_read_answer(busy), _read_answer(other)]
+        other.sendall(bid("fresh", 100))           # the loop is free: no wait to count
+        answers.append(_read_answer(other))
+    assert [a[:12] for a in answers] == [b"HTTP/1.1 200", b"HTTP/1.1 204", b"HTTP/1.1 200"]
+    reasons = {r.request_id: r.reason for r in sink.records}
+    assert reasons == {"slow": "bid", "late": "deadline", "fresh": "bid"}
+    # The late request's arrival was stamped when its bytes reached the kernel, before
+    # the loop read them (at least the block less the send delay and the jiffy slack).
+    perf, begun = handler.stamps["late"]
+    assert begun - perf >= 0.1
+    assert engine.stats()["shed"] == 1
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole answer (head and content-length body) from a keep-alive connection."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    m = re.search(rb"content-length: (\d+)", head.lower())
+    need = int(m.group(1)) if m else 0
+    while len(body) < need:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
