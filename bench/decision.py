@@ -97,8 +97,8 @@ class DecisionBenchConfig:
     level_repeats: int = 3
     engine_n: int = 20_000
     # Decides started 1 / level_rate apart after the back-to-back ones: at 1,000/s a
-    # server idles between requests, and on the bench VM the same decide cost 1.3-1.4x
-    # its back-to-back CPU when spaced 1 ms apart (ad hoc, 2026-12-07); 5 s of them.
+    # server idles between requests, and on the bench VM the same decides cost 1.14-1.42x
+    # their back-to-back CPU spaced 1 ms apart (decision runs 20-21, README); 5 s of them.
     engine_paced_n: int = 5_000
     # Distinct request bodies, replayed in a cycle: 20 s of traffic at 1,000/s, so a
     # body comes back only long after the feature cache's 5 s TTL (a 5 s cycle met
