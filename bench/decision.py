@@ -38,7 +38,9 @@ Rows:
 
 Every row measured under load, and the engine-alone row, carries the machine's steal
 during it (``steal_pct``, and ``steal_peak_pct`` for the load rows; :mod:`bench.steal`):
-the CPU time the hypervisor took, which no change to the service can win back.
+the CPU time the hypervisor took, which no change to the service can win back. Each
+load row also counts the answers, and the bids, that came after the requests' ``tmax``
+(``answers_after_tmax``, ``bids_after_tmax``): an exchange has moved on by then.
 
 Goals (a quiet machine): p50 ≤ 1 ms and p99 ≤ 3 ms at 1,000 req/s, engine alone
 p99 ≤ 1 ms, ≥ 2,000 req/s within p99 ≤ 10 ms. ``--quick`` shortens every phase.
@@ -106,6 +108,9 @@ class DecisionBenchConfig:
     n_bodies: int = 20_000
     seed: int = 99
     workers: int = 2          # the multi-worker row: one per core of the 2-core dev machine
+    # The requests' OpenRTB tmax (the simulator's; run() reads it from the bodies): bids
+    # answered later are counted per row (bids_after_tmax), the exchange discards them.
+    tmax_ms: float = 100.0
     worker_warm_conns: int = 16  # hashed over 2 workers by the kernel: 8 ± 2 each
 
     @classmethod
@@ -315,8 +320,13 @@ def serve_naive(home: str, port: int, campaigns: str) -> None:
 # --------------------------------------------------------------------------- phases
 
 
-def _row(target: str, baseline: str, res: LoadResult, **extra: float | str) -> Row:
-    return load_row("decision", target, baseline, res, **extra)
+def _row(target: str, baseline: str, res: LoadResult, cfg: DecisionBenchConfig,
+         **extra: float | str) -> Row:
+    """A load row with the answers that came after the requests' tmax: bids (which the
+    exchange discards, their budget reserved for nothing) and all."""
+    return load_row("decision", target, baseline, res,
+                    bids_after_tmax=res.answered_after(cfg.tmax_ms, 200),
+                    answers_after_tmax=res.answered_after(cfg.tmax_ms), **extra)
 
 
 def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
@@ -333,7 +343,7 @@ def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
             server.settle()
             ok = res.errors == 0 and res.percentile(99) <= P99_BUDGET_MS
             label = "ladder step" if attempt == 0 else f"ladder step, try {attempt + 1}"
-            rows.append(_row(f"{name}: {label}", "-", res, within_budget=str(ok)))
+            rows.append(_row(f"{name}: {label}", "-", res, cfg, within_budget=str(ok)))
             if ok:
                 break
         if not ok:
@@ -361,7 +371,7 @@ def _repeats(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig
     steals = [first.extra.get("steal_pct", "n/a")]
     for k in range(2, cfg.level_repeats + 1):
         res = _level_run(port, bodies, cfg, server)
-        rows.append(_row(f"{name}: level run {k} of {cfg.level_repeats}", "-", res))
+        rows.append(_row(f"{name}: level run {k} of {cfg.level_repeats}", "-", res, cfg))
         p50s.append(rows[-1].p50_ms)
         p99s.append(rows[-1].p99_ms)
         rps.append(rows[-1].throughput)
@@ -385,7 +395,7 @@ def _idle_policy_runs(qos: CpuLatencyRequest,
     with qos.paused():
         for key, (port, name, server, _) in servers.items():
             res = _level_run(port, bodies, cfg, server)
-            idle[key] = _row(f"{name}: level run, CPUs halting when idle", "-", res,
+            idle[key] = _row(f"{name}: level run, CPUs halting when idle", "-", res, cfg,
                              cpu_latency_request="released")
     rows = list(idle.values())
     for key, (_, _, _, held) in servers.items():
@@ -412,6 +422,7 @@ def run(settings: Settings, world: Settings, *,
     out.mkdir(parents=True, exist_ok=True)
     campaigns = bench_campaigns(world, out / "campaigns.json")
     bodies = request_bodies(world, cfg.n_bodies, cfg.seed)
+    cfg = replace(cfg, tmax_ms=float(json.loads(bodies[0]).get("tmax", cfg.tmax_ms)))
     rows: list[Row] = engine_alone(world, campaigns, bodies, cfg.engine_n,
                                    out / f"engine-log-{os.getpid()}",
                                    paced_rate=cfg.level_rate, paced_n=cfg.engine_paced_n)
@@ -468,7 +479,7 @@ def run(settings: Settings, world: Settings, *,
             # Server CPU per answer (backlog and background flushes included): steadier
             # than latency percentiles on a 2-core machine shared with the generator.
             cpu_ms = 1000.0 * (servers[key].cpu_s() - cpu0) / max(len(res.latencies_ms), 1)
-            level[key] = _row(names[key], "-", res, settle_s=round(settled, 1),
+            level[key] = _row(names[key], "-", res, cfg, settle_s=round(settled, 1),
                               server_cpu_ms_per_answer=round(cpu_ms, 3))
         rows += [level["trivial"], level["naive"], level["asgi"]]
         rows += _repeats(ports["decision"], names["decision"], bodies, cfg, s_decision,
@@ -510,7 +521,7 @@ def _soak(world: Settings, campaigns: Path, bodies: list[bytes], cfg: DecisionBe
                        duration_s=cfg.soak_s)
     answers = len(warm.latencies_ms) + len(res.latencies_ms)
     records = _log_records(log_root)
-    return _row(f"decision service soak {cfg.soak_s:.0f} s", "-", res, answers=answers,
+    return _row(f"decision service soak {cfg.soak_s:.0f} s", "-", res, cfg, answers=answers,
                 log_records=records, log_equals_answers=str(records == answers),
                 errors_total=res.errors + warm.errors)
 

@@ -48,6 +48,7 @@ class LoadResult:
     errors: int = 0                          # connection errors and 5xx
     statuses: dict[int, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    status_each: list[int] = field(default_factory=list)   # each answer's status, in order
     # How late each request left after its due time: the generator's own accuracy
     # (already inside its latency; a large value means the generator, not the server,
     # could not keep up).
@@ -65,6 +66,12 @@ class LoadResult:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def answered_after(self, ms: float, status: int | None = None) -> int:
+        """Answers (with ``status``, or any) that came more than ``ms`` after their due
+        time: past an auction's ``tmax`` the exchange has already moved on."""
+        return sum(1 for lat, st in zip(self.latencies_ms, self.status_each, strict=True)
+                   if lat > ms and (status is None or st == status))
 
     def send_lag(self, q: float) -> float:
         return float(np.percentile(self.send_lag_ms, q)) if self.send_lag_ms else float("nan")
@@ -251,6 +258,7 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
                 continue
             status, _, close = parsed
             result.latencies_ms.append((t - conn.due) * 1000.0)
+            result.status_each.append(status)
             result.statuses[status] = result.statuses.get(status, 0) + 1
             if status >= 500:
                 result.errors += 1

@@ -95,6 +95,7 @@ class _Server:
 def _result(p50_ms: float) -> LoadResult:
     res = LoadResult(rate=1000.0, duration_s=0.1, sent=100)
     res.latencies_ms = [p50_ms] * 100
+    res.status_each = [200] * 100
     return res
 
 

@@ -25,6 +25,7 @@ def _result(p99_ms: float, steal_pct: float | None = None) -> LoadResult:
     # 100 answers: 98 at 1 ms and two at p99_ms, so the 99th percentile is p99_ms.
     res = LoadResult(rate=1000.0, duration_s=0.1, sent=100)
     res.latencies_ms = [1.0] * 98 + [p99_ms] * 2
+    res.status_each = [200] * 99 + [204]            # the slowest answer: a no-bid
     res.steal_pct = steal_pct
     return res
 
@@ -53,6 +54,14 @@ def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.Monkey
     assert rows[2].p99_ms == pytest.approx(3.5)             # median of 3.5, 5.0, 2.0
     assert rows[2].extra["p99_ms_each"] == "3.50 / 5.00 / 2.00"
     assert rows[2].extra["steal_pct_each"] == "0.5 / 12.0 / n/a"   # each run's machine
+
+
+def test_rows_count_the_answers_after_tmax() -> None:
+    cfg = decision.DecisionBenchConfig(tmax_ms=100.0)
+    row = decision._row("d", "-", _result(150.0), cfg)    # two answers at 150 ms, one a bid
+    assert row.extra["bids_after_tmax"] == 1 and row.extra["answers_after_tmax"] == 2
+    row = decision._row("d", "-", _result(100.0), cfg)    # at tmax: in time
+    assert row.extra["bids_after_tmax"] == 0 == row.extra["answers_after_tmax"]
 
 
 def test_one_level_run_adds_nothing() -> None:

@@ -117,6 +117,8 @@ def test_every_scheduled_request_is_answered_and_timed() -> None:
     assert res.sent == 50 and srv.requests == 50
     assert res.statuses == {200: 50} and res.errors == 0
     assert len(res.latencies_ms) == 50 and min(res.latencies_ms) > 0
+    assert res.status_each == [200] * 50                  # one per answer, in order
+    assert res.answered_after(0.0) == 50 and res.answered_after(0.0, 204) == 0
     assert len(res.send_lag_ms) == 50
     assert res.achieved_rps == pytest.approx(200.0)
 
