@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from adplatform.config import Settings
-from bench.harness import Row, with_ratios
-from bench.steal import read_ticks, steal_share
+from bench.harness import Row, rounded_pct, with_ratios
+from bench.steal import read_ticks, steal_pct
 
 
 def engine_alone(world: Settings, campaigns: Path, bodies: list[bytes], n: int,
@@ -81,6 +81,4 @@ def _decide_loop(engine: Any, reqs: list[Any], n: int, gap_s: float, offset: int
         lat[i] = time.perf_counter() - t0
     wall = time.perf_counter() - t_start
     cpu = time.thread_time() - cpu0
-    ticks1 = read_ticks()
-    steal = None if ticks0 is None or ticks1 is None else steal_share(ticks0, ticks1)
-    return lat * 1000.0, cpu, wall, "n/a" if steal is None else round(100.0 * steal, 1)
+    return lat * 1000.0, cpu, wall, rounded_pct(steal_pct(ticks0, read_ticks()))

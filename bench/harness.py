@@ -46,11 +46,12 @@ def load_row(suite: str, target: str, baseline: str, res: LoadResult,
                       "send_lag_p50_ms": round(res.send_lag(50), 3),
                       "send_lag_p99_ms": round(res.send_lag(99), 3),
                       "conns_warm": res.warm_conns, "conns_opened": res.conns_opened,
-                      "steal_pct": _pct(res.steal_pct),
-                      "steal_peak_pct": _pct(res.steal_peak_pct), **extra})
+                      "steal_pct": rounded_pct(res.steal_pct),
+                      "steal_peak_pct": rounded_pct(res.steal_peak_pct), **extra})
 
 
-def _pct(value: float | None) -> float | str:
+def rounded_pct(value: float | None) -> float | str:
+    """A percentage for a row's extras: one decimal, or "n/a" when not measured."""
     return "n/a" if value is None else round(value, 1)
 
 

@@ -46,7 +46,6 @@ class LoadResult:
     duration_s: float
     sent: int = 0
     errors: int = 0                          # connection errors and 5xx
-    statuses: dict[int, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     status_each: list[int] = field(default_factory=list)   # each answer's status, in order
     # How late each request left after its due time: the generator's own accuracy
@@ -66,6 +65,14 @@ class LoadResult:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    @property
+    def statuses(self) -> dict[int, int]:
+        """Answers per HTTP status, in the order each status first came."""
+        counts: dict[int, int] = {}
+        for st in self.status_each:
+            counts[st] = counts.get(st, 0) + 1
+        return counts
 
     def answered_after(self, ms: float, status: int | None = None) -> int:
         """Answers (with ``status``, or any) that came more than ``ms`` after their due
@@ -259,7 +266,6 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
             status, _, close = parsed
             result.latencies_ms.append((t - conn.due) * 1000.0)
             result.status_each.append(status)
-            result.statuses[status] = result.statuses.get(status, 0) + 1
             if status >= 500:
                 result.errors += 1
             if close:

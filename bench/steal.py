@@ -59,6 +59,15 @@ def steal_share(before: Ticks, after: Ticks) -> float | None:
     return delta[_STEAL] / total if total > 0 else None
 
 
+def steal_pct(before: Ticks | None, after: Ticks | None) -> float | None:
+    """:func:`steal_share` in %, from two :func:`read_ticks` readings; None when either
+    is missing (not Linux) or no tick passed."""
+    if before is None or after is None:
+        return None
+    share = steal_share(before, after)
+    return None if share is None else 100.0 * share
+
+
 @dataclass(frozen=True)
 class Steal:
     """Steal over one run, in % of all the machine's CPU time."""
@@ -99,11 +108,12 @@ class StealMonitor:
     def start(self) -> None:
         if self._thread is not None:
             return
-        if read_ticks(self._path) is None:
+        taken = len(self._samples)
+        self.sample()
+        if len(self._samples) == taken:
             logger.info("no %s: steal is not measured", self._path)
             return
         self._stop.clear()
-        self.sample()
         self._thread = threading.Thread(target=self._run, name="steal-monitor", daemon=True)
         self._thread.start()
 
@@ -154,4 +164,5 @@ class StealMonitor:
                      window_s=self.window_s)
 
 
-__all__ = ["PROC_STAT", "Steal", "StealMonitor", "Ticks", "read_ticks", "steal_share"]
+__all__ = ["PROC_STAT", "Steal", "StealMonitor", "Ticks", "read_ticks", "steal_pct",
+           "steal_share"]

@@ -10,7 +10,7 @@ import pytest
 
 from bench.harness import Row, load_row, print_table
 from bench.loadgen import LoadResult
-from bench.steal import StealMonitor, read_ticks, steal_share
+from bench.steal import StealMonitor, read_ticks, steal_pct, steal_share
 
 _REST = "cpu0 1 2 3 4 5 6 7 8 0 0\nintr 12345\n"
 
@@ -34,6 +34,8 @@ def test_steal_share_is_of_all_cpu_time_between_two_readings() -> None:
     before = (100, 0, 0, 100, 0, 0, 0, 0)
     assert steal_share(before, (130, 0, 0, 160, 0, 0, 0, 10)) == pytest.approx(0.1)
     assert steal_share(before, before) is None                   # no tick passed
+    assert steal_pct(before, (130, 0, 0, 160, 0, 0, 0, 10)) == pytest.approx(10.0)
+    assert steal_pct(None, before) is None and steal_pct(before, before) is None
 
 
 class _Clock:
