@@ -4,7 +4,9 @@ Layout: ``<root>/<table>/date=YYYY-MM-DD/part-NNNNN.parquet``. A decision and
 everything that follows it (auction result, impression, click, conversion) is keyed by
 ``(request_id, imp_id)``. ``ts`` is always UTC microseconds. Files are written
 deterministically (sorted by ``ts, request_id, imp_id``; fixed part names; no wall-clock
-metadata) so that the same simulator seed gives byte-identical files.
+metadata) so that the same simulator seed gives byte-identical files. A file appears
+under its name only once complete (written under a hidden temporary name, then renamed),
+so a reader never opens a part a live service is still writing.
 
 Schema version history:
 
@@ -13,6 +15,7 @@ Schema version history:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
@@ -137,10 +140,27 @@ def write_events(root: Path, table: str,
     for day in sorted(pc.unique(day_arr).to_pylist()):
         sub = tbl.filter(pc.equal(day_arr, day))
         path = root / table / f"date={day}" / f"part-{part:05d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(sub, path, compression="zstd", write_statistics=True)
+        write_parquet(sub, path, compression="zstd", write_statistics=True)
         out.append(path)
     return out
+
+
+def write_parquet(tbl: pa.Table, path: Path, **options: Any) -> None:
+    """Write ``tbl`` to ``path`` so that it appears there only once complete.
+
+    The bytes go to a hidden temporary name in the same folder first (readers glob
+    ``*.parquet`` and pyarrow skips names starting with "."), then :func:`os.replace`
+    puts the file in place in one step. A reader that lists the folder while a
+    service is writing a part (the trainer reading the live decision log) sees the
+    part whole or not at all. ``options`` go to :func:`pyarrow.parquet.write_table`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(tbl, tmp, **options)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)        # a failed write leaves no temporary file
 
 
 def read_events(root: Path, table: str, *, start: date | None = None,
@@ -181,4 +201,4 @@ def last_event_time(root: Path) -> pd.Timestamp | None:
 
 
 __all__ = ["SCHEMAS", "SCHEMA_VERSION", "TABLES", "last_event_time", "read_events", "to_arrow",
-           "write_events"]
+           "write_events", "write_parquet"]

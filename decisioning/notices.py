@@ -44,8 +44,8 @@ from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from adplatform.eventlog import write_parquet
 from adplatform.partwriter import encode_row, rows_table, timestamp_us
 from decisioning.budget import BudgetLedger, BudgetUnavailable, InvalidAmount, cpm_to_micros
 from decisioning.buffered import EncodedPartWriter
@@ -302,8 +302,7 @@ def _write_table(root: Path, tbl: pa.Table, part: int) -> list[Path]:
     out: list[Path] = []
     for day in sorted(pc.unique(days).to_pylist()):
         path = root / "notices" / f"date={day}" / f"part-{part:05d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(tbl.filter(pc.equal(days, day)), path, compression="zstd")
+        write_parquet(tbl.filter(pc.equal(days, day)), path, compression="zstd")
         out.append(path)
     return out
 

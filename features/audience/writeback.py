@@ -31,6 +31,7 @@ from feast import FeatureView, Field, FileSource
 from feast.types import Array, String
 
 from adplatform.config import Settings
+from adplatform.eventlog import write_parquet
 from features.audience.segments import Segment, list_segments, load_segment
 from features.store import offline_dir, open_store
 
@@ -104,11 +105,8 @@ def latest_membership(history: pd.DataFrame) -> dict[str, tuple[str, ...]]:
 
 
 def _write_log(path: Path, history: pd.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(history, schema=SCHEMA, preserve_index=False)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    write_parquet(table, path, compression="zstd")
 
 
 def _frame(users: list[str], state: dict[str, tuple[str, ...]], ts: datetime) -> pd.DataFrame:
