@@ -33,6 +33,8 @@ Rows:
   runs' ratios against them (the cost of waking halted CPUs, in the same run);
 * a rate ladder for each server: the highest rate with p99 ≤ 10 ms (and no errors),
   a step that misses tried once more (``ladder_retries``) before the ladder stops;
+* overloaded (:mod:`bench.overload`): ``overload_rate`` on a fresh one-process service,
+  against the same service listening through uvloop's own accept;
 * a soak at ``level_rate`` for ``soak_s`` seconds: zero errors, and the decision log
   (flushed by SIGTERM) holds exactly one record per answered request.
 
@@ -70,6 +72,7 @@ from bench.cpu_idle import CpuLatencyRequest
 from bench.engine_alone import engine_alone
 from bench.harness import Row, Server, load_row, with_ratios
 from bench.loadgen import LoadResult, run_load, wait_until_healthy
+from bench.overload import overload
 from decisioning.server import KEEP_ALIVE_S
 
 PATH = "/openrtb/2.6/bid"
@@ -112,12 +115,17 @@ class DecisionBenchConfig:
     # answered later are counted per row (bids_after_tmax), the exchange discards them.
     tmax_ms: float = 100.0
     worker_warm_conns: int = 16  # hashed over 2 workers by the kernel: 8 ± 2 each
+    # The overload rows (bench.overload): twice the level rate, past one process's
+    # 1,250-1,500/s on the bench machine (runs 19-24), so that the generator's pool is
+    # busy and it opens connections, as an exchange does.
+    overload_rate: float = 2000.0
+    overload_s: float = 5.0
 
     @classmethod
     def quick(cls) -> DecisionBenchConfig:
         return cls(level_s=3.0, ladder=(500.0, 1000.0, 2000.0, 3000.0), step_s=2.0,
                    soak_s=10.0, warmup_s=1.0, engine_n=3000, engine_paced_n=1000, n_bodies=2000,
-                   level_repeats=1)
+                   level_repeats=1, overload_s=2.0)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -172,9 +180,10 @@ def build_decision_service(world: Settings, campaigns: Path, log_root: Path,
 
 
 def serve_decision(home: str, port: int, campaigns: str, log_root: str,
-                   fast_bid: bool = True) -> None:
+                   fast_bid: bool = True, accept_all: bool = True) -> None:
     """Subprocess entry: the decision service as ``adplatform serve`` would run it
-    (``fast_bid`` False: bid routes on the ASGI path, the protocol fast path's baseline)."""
+    (``fast_bid`` False: bid routes on the ASGI path, the protocol fast path's baseline;
+    ``accept_all`` False: uvloop's one accept per loop iteration, the listener's)."""
     from decisioning.app import create_app
     from decisioning.server import serve
 
@@ -182,7 +191,7 @@ def serve_decision(home: str, port: int, campaigns: str, log_root: str,
     svc = build_decision_service(world, Path(campaigns), Path(log_root),
                                  f"http://127.0.0.1:{port}/notice")
     serve(create_app(svc.engine, notices=svc.notices), host="127.0.0.1", port=port,
-          fast_bid=fast_bid)
+          fast_bid=fast_bid, accept_all=accept_all)
 
 
 @contextmanager
@@ -320,7 +329,7 @@ def serve_naive(home: str, port: int, campaigns: str) -> None:
 # --------------------------------------------------------------------------- phases
 
 
-def _row(target: str, baseline: str, res: LoadResult, cfg: DecisionBenchConfig,
+def decision_row(target: str, baseline: str, res: LoadResult, cfg: DecisionBenchConfig,
          **extra: float | str) -> Row:
     """A load row with the answers that came after the requests' tmax: bids (which the
     exchange discards, their budget reserved for nothing) and all."""
@@ -343,7 +352,7 @@ def _ladder(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig,
             server.settle()
             ok = res.errors == 0 and res.percentile(99) <= P99_BUDGET_MS
             label = "ladder step" if attempt == 0 else f"ladder step, try {attempt + 1}"
-            rows.append(_row(f"{name}: {label}", "-", res, cfg, within_budget=str(ok)))
+            rows.append(decision_row(f"{name}: {label}", "-", res, cfg, within_budget=str(ok)))
             if ok:
                 break
         if not ok:
@@ -371,7 +380,7 @@ def _repeats(port: int, name: str, bodies: list[bytes], cfg: DecisionBenchConfig
     steals = [first.extra.get("steal_pct", "n/a")]
     for k in range(2, cfg.level_repeats + 1):
         res = _level_run(port, bodies, cfg, server)
-        rows.append(_row(f"{name}: level run {k} of {cfg.level_repeats}", "-", res, cfg))
+        rows.append(decision_row(f"{name}: level run {k} of {cfg.level_repeats}", "-", res, cfg))
         p50s.append(rows[-1].p50_ms)
         p99s.append(rows[-1].p99_ms)
         rps.append(rows[-1].throughput)
@@ -395,7 +404,7 @@ def _idle_policy_runs(qos: CpuLatencyRequest,
     with qos.paused():
         for key, (port, name, server, _) in servers.items():
             res = _level_run(port, bodies, cfg, server)
-            idle[key] = _row(f"{name}: level run, CPUs halting when idle", "-", res, cfg,
+            idle[key] = decision_row(f"{name}: level run, CPUs halting when idle", "-", res, cfg,
                              cpu_latency_request="released")
     rows = list(idle.values())
     for key, (_, _, _, held) in servers.items():
@@ -479,7 +488,7 @@ def run(settings: Settings, world: Settings, *,
             # Server CPU per answer (backlog and background flushes included): steadier
             # than latency percentiles on a 2-core machine shared with the generator.
             cpu_ms = 1000.0 * (servers[key].cpu_s() - cpu0) / max(len(res.latencies_ms), 1)
-            level[key] = _row(names[key], "-", res, cfg, settle_s=round(settled, 1),
+            level[key] = decision_row(names[key], "-", res, cfg, settle_s=round(settled, 1),
                               server_cpu_ms_per_answer=round(cpu_ms, 3))
         rows += [level["trivial"], level["naive"], level["asgi"]]
         rows += _repeats(ports["decision"], names["decision"], bodies, cfg, s_decision,
@@ -503,6 +512,7 @@ def run(settings: Settings, world: Settings, *,
         rows.append(Row(suite="decision", target=f"{names[key]}: highest rate, p99 <= 10 ms",
                         baseline="-", rate=best[key], p50_ms=float("nan"),
                         p99_ms=float("nan"), throughput=best[key]))
+    rows += overload(home, campaigns, bodies, cfg, out, env)
     rows.append(_soak(world, campaigns, bodies, cfg, out, env))
     return rows
 
@@ -521,7 +531,7 @@ def _soak(world: Settings, campaigns: Path, bodies: list[bytes], cfg: DecisionBe
                        duration_s=cfg.soak_s)
     answers = len(warm.latencies_ms) + len(res.latencies_ms)
     records = _log_records(log_root)
-    return _row(f"decision service soak {cfg.soak_s:.0f} s", "-", res, cfg, answers=answers,
+    return decision_row(f"decision service soak {cfg.soak_s:.0f} s", "-", res, cfg, answers=answers,
                 log_records=records, log_equals_answers=str(records == answers),
                 errors_total=res.errors + warm.errors)
 

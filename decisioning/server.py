@@ -194,7 +194,7 @@ def stamping_protocol(bid: BidFastPath | None = None) -> type[Any] | str:
 def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "warning", graceful_timeout_s: int = 10,
           keep_alive_s: int = KEEP_ALIVE_S, fast_bid: bool = True,
-          sock: socket.socket | None = None) -> None:
+          sock: socket.socket | None = None, accept_all: bool = True) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (graceful: the lifespan flushes the logs).
 
     Start-up objects (Feast registry, ONNX sessions, campaign index) live as long as the
@@ -211,21 +211,40 @@ def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
 
     ``sock``: listen on this bound socket instead of binding ``host:port`` (a worker of
     :func:`decisioning.workers.serve_workers`, whose socket has ``SO_REUSEPORT``).
+
+    New connections are accepted all at once, not one per event-loop iteration
+    (:mod:`decisioning.listener`): under overload uvloop's own accept left connections
+    queued in the kernel for seconds. ``accept_all`` False listens with uvicorn's
+    own server instead (the bench's baseline for it).
     """
     import gc
 
     import uvicorn
 
+    from decisioning.listener import AcceptAllServer
+
     gc.collect()
     gc.freeze()
 
-    config = uvicorn.Config(app, host=host, port=port,
-                            http=stamping_protocol(bid_fast_path(app, fast_bid)),
-                            log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout_s,
-                            timeout_keep_alive=keep_alive_s)
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    config = server_config(app, host=host, port=port, log_level=log_level,
+                           graceful_timeout_s=graceful_timeout_s, keep_alive_s=keep_alive_s,
+                           fast_bid=fast_bid)
+    server = AcceptAllServer(config) if accept_all else uvicorn.Server(config)
+    server.run(sockets=[sock] if sock is not None else None)
+
+
+def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
+                  log_level: str = "warning", graceful_timeout_s: int = 10,
+                  keep_alive_s: int = KEEP_ALIVE_S, fast_bid: bool = True) -> Any:
+    """The ``uvicorn.Config`` :func:`serve` runs ``app`` with (tests run it in a thread)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port,
+                          http=stamping_protocol(bid_fast_path(app, fast_bid)),
+                          log_level=log_level, access_log=False, lifespan="on",
+                          timeout_graceful_shutdown=graceful_timeout_s,
+                          timeout_keep_alive=keep_alive_s)
 
 
 __all__ = ["JIFFY_SLACK_MS", "KEEP_ALIVE_S", "BidFastPath", "bid_fast_path", "kernel_wait_s",
-           "serve", "stamping_protocol"]
+           "serve", "server_config", "stamping_protocol"]

@@ -58,9 +58,9 @@ def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.Monkey
 
 def test_rows_count_the_answers_after_tmax() -> None:
     cfg = decision.DecisionBenchConfig(tmax_ms=100.0)
-    row = decision._row("d", "-", _result(150.0), cfg)    # two answers at 150 ms, one a bid
+    row = decision.decision_row("d", "-", _result(150.0), cfg)    # two answers at 150 ms, one a bid
     assert row.extra["bids_after_tmax"] == 1 and row.extra["answers_after_tmax"] == 2
-    row = decision._row("d", "-", _result(100.0), cfg)    # at tmax: in time
+    row = decision.decision_row("d", "-", _result(100.0), cfg)    # at tmax: in time
     assert row.extra["bids_after_tmax"] == 0 == row.extra["answers_after_tmax"]
 
 

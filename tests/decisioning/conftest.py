@@ -260,20 +260,17 @@ def wait_port(port: int, timeout_s: float = 30.0) -> None:
 
 
 class ThreadServer:
-    """The app under uvicorn in a thread, with the protocol :func:`decisioning.server.serve`
-    uses: arrival stamps, and (``fast_bid``, unless the app decides in a thread pool)
-    the bid routes answered in the protocol."""
+    """The app under uvicorn in a thread, as :func:`decisioning.server.serve` runs it: its
+    listener (every pending connection accepted at once), arrival stamps, and
+    (``fast_bid``, unless the app decides in a thread pool) the bid routes answered in
+    the protocol."""
 
     def __init__(self, app: Any, *, fast_bid: bool = True) -> None:
-        import uvicorn
-
-        from decisioning.server import bid_fast_path, stamping_protocol
+        from decisioning.listener import AcceptAllServer
+        from decisioning.server import server_config
 
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port,
-            http=stamping_protocol(bid_fast_path(app, fast_bid)),
-            log_level="warning", access_log=False, lifespan="on"))
+        self.server = AcceptAllServer(server_config(app, port=self.port, fast_bid=fast_bid))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 

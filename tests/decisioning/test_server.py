@@ -222,3 +222,60 @@ def _read_answer(sock: socket.socket) -> bytes:
     while len(body) < need:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
+
+
+class _ConnectionCountingHandler(_BlockingHandler):
+    """Also records how many connections the server had set up when each request was
+    decided (``server``: the uvicorn server, set once it runs)."""
+
+    server: Any = None
+
+    def __init__(self, inner: Any, block_s: float) -> None:
+        super().__init__(inner, block_s)
+        self.connections: dict[str, int] = {}
+
+    def complete(self, headers: Any, chunks: list[bytes], size: int, version: str,
+                 perf: float | None) -> Any:
+        rid = json.loads(b"".join(chunks))["id"]
+        self.connections[rid] = len(self.server.server_state.connections)
+        return super().complete(headers, chunks, size, version, perf)
+
+
+def test_connections_opened_while_the_loop_was_busy_are_all_accepted_at_once(
+        campaign_file: Any) -> None:
+    """An exchange opens connections when its pool is busy, which is when the service
+    is: uvloop's own server accepted one per loop iteration, so they waited in the
+    kernel's accept queue (for seconds under overload). The service's listener accepts
+    every pending one as soon as the loop is free: the first request decided after the
+    stall finds all of them set up."""
+    from decisioning import DecisionEngine, FileCampaignStore, MemorySink
+
+    from .conftest import FixedBackend, ZeroFeaturizer
+
+    engine = DecisionEngine(featurizer=ZeroFeaturizer(), models=FixedBackend(),
+                            campaigns=FileCampaignStore(campaign_file), sink=MemorySink())
+    app = create_app(engine, api_keys=["k"])
+    handler = _ConnectionCountingHandler(app.state.bid_handler, block_s=0.3)
+    app.state.bid_handler = handler
+    n = 16
+
+    def bid(rid: str) -> bytes:
+        return _request(BID_26, json.dumps({**BID, "id": rid, "tmax": 5000}).encode())
+
+    with ThreadServer(app) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as busy:
+        handler.server = srv.server
+        busy.sendall(bid("slow"))
+        assert handler.started.wait(10)
+        fresh = [socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                 for _ in range(n)]                # queued: the loop is blocked
+        try:
+            for i, s in enumerate(fresh):
+                s.sendall(bid(f"q{i}"))
+            answers = [_read_answer(s)[:12] for s in (busy, *fresh)]
+        finally:
+            for s in fresh:
+                s.close()
+    assert answers == [b"HTTP/1.1 200"] * (n + 1)
+    assert handler.connections["slow"] == 1
+    assert {handler.connections[f"q{i}"] for i in range(n)} == {n + 1}
