@@ -1,7 +1,9 @@
 """A listening socket that accepts every pending connection each time it is readable.
 
-uvloop's server (libuv since 1.45) accepts *one* connection each time the listening
-socket is readable: one per event-loop iteration. A decision service's iteration
+uvloop's server accepts *one* connection each time the listening socket is readable:
+one per event-loop iteration (libuv "unix: don't accept() connections in a loop",
+libuv/libuv#3696, since 1.45: most wake-ups have one connection, and processes sharing
+a listening socket get a fair share). A decision service's iteration
 decides every request that arrived since the last one, so when it falls behind an
 iteration takes tens of milliseconds, and the connections an exchange opens just then
 (its pool is busy: that is why it opens them) wait in the kernel's accept queue. Measured
