@@ -11,9 +11,10 @@ Time the request spent in the kernel's receive buffer before the loop read it (t
 process was busy with earlier requests, or not running at all) is taken off the stamp
 too, on Linux: :func:`kernel_wait_s` reads the socket's ``TCP_INFO``, whose
 ``tcpi_last_data_recv`` says how many milliseconds ago the kernel last received data on
-the connection. The kernel counts it in jiffies (1-10 ms), so a reading is taken as at
-least that much less 10 ms: waits of up to 10 ms are not seen, longer ones are counted
-short by up to 10 ms, and a request is never shed for time it did not wait. Where
+the connection. The kernel counts it in ticks (jiffies: 1-10 ms; 4 ms on the bench VM's
+HZ=250 kernel), so the wait is taken as the reading less one tick (:func:`jiffy_ms`):
+waits of up to one tick are not seen, longer ones are counted short by up to two ticks,
+and a request is never shed for time it did not wait. Where
 ``TCP_INFO`` is missing (not Linux) only the loop's own queue is seen.
 
 :func:`serve` runs one process (:mod:`decisioning.workers` runs several); uvicorn
@@ -23,9 +24,12 @@ the lifespan, which closes the engine and flushes the decision and notice logs).
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import socket
 import struct
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -47,15 +51,38 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_LEN = 104
 _LAST_DATA_RECV = struct.Struct("=I")
 _LAST_DATA_RECV_AT = 8 + 11 * 4
-#: Taken off each reading: the kernel counts in jiffies (HZ 100-1000, 1-10 ms each).
-JIFFY_SLACK_MS = 10
+#: The kernel's tick where it cannot be read: 10 ms, the longest usual one (HZ=100).
+DEFAULT_JIFFY_MS = 10
+# linux/time.h; Python's time module has no name for it. Its resolution is one tick.
+_CLOCK_MONOTONIC_COARSE = 6
+
+
+@functools.cache
+def jiffy_ms() -> int:
+    """The kernel's tick (1 / CONFIG_HZ) in whole milliseconds, rounded up: Linux reports
+    the coarse monotonic clock's resolution as one tick (4 ms on an HZ=250 kernel, 1 ms at
+    HZ=1000). :data:`DEFAULT_JIFFY_MS` elsewhere, or where the clock cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return DEFAULT_JIFFY_MS
+    try:
+        res_s = time.clock_getres(_CLOCK_MONOTONIC_COARSE)
+    except OSError as exc:
+        logger.debug("coarse clock unavailable, tick taken as %d ms: %s",
+                     DEFAULT_JIFFY_MS, exc)
+        return DEFAULT_JIFFY_MS
+    return max(1, math.ceil(res_s * 1000.0 - 1e-9))
 
 
 def kernel_wait_s(sock: Any) -> float:
     """At least how long the data just read from ``sock`` (a connected TCP socket, or
     uvloop's stand-in for one) sat in the kernel's receive buffer, in seconds: its
-    ``TCP_INFO`` ``tcpi_last_data_recv`` less :data:`JIFFY_SLACK_MS`; 0.0 below that,
-    without ``TCP_INFO``, or when the socket cannot say (closing: logged at debug)."""
+    ``TCP_INFO`` ``tcpi_last_data_recv`` less one kernel tick (:func:`jiffy_ms`); 0.0
+    below that, without ``TCP_INFO``, or when the socket cannot say (closing: logged at
+    debug).
+
+    The kernel counts the wait in ticks, from the tick the data came in to the current
+    one, so the true wait is more than the reading less one tick: taking the tick off
+    never charges a request time it did not wait."""
     if sock is None or _TCP_INFO is None:
         return 0.0
     try:
@@ -66,7 +93,8 @@ def kernel_wait_s(sock: Any) -> float:
     if len(info) < _LAST_DATA_RECV_AT + 4:
         return 0.0
     ms = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)[0]
-    return (ms - JIFFY_SLACK_MS) / 1000.0 if ms > JIFFY_SLACK_MS else 0.0
+    tick = jiffy_ms()
+    return (ms - tick) / 1000.0 if ms > tick else 0.0
 
 
 class BidFastPath(Protocol):
@@ -246,5 +274,5 @@ def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080,
                           timeout_keep_alive=keep_alive_s)
 
 
-__all__ = ["JIFFY_SLACK_MS", "KEEP_ALIVE_S", "BidFastPath", "bid_fast_path", "kernel_wait_s",
-           "serve", "server_config", "stamping_protocol"]
+__all__ = ["DEFAULT_JIFFY_MS", "KEEP_ALIVE_S", "BidFastPath", "bid_fast_path", "jiffy_ms",
+           "kernel_wait_s", "serve", "server_config", "stamping_protocol"]

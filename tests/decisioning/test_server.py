@@ -4,8 +4,10 @@ sockets: the same answers as the ASGI path, keep-alive, HTTP/1.0, pipelining."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -13,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from decisioning import create_app
-from decisioning.server import JIFFY_SLACK_MS, kernel_wait_s
+from decisioning import create_app, server
+from decisioning.server import DEFAULT_JIFFY_MS, jiffy_ms, kernel_wait_s
 
 from .conftest import ThreadServer
 
@@ -137,6 +139,39 @@ needs_tcp_info = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"),
                                     reason="TCP_INFO is Linux's")
 
 
+class _InfoSocket:
+    """A stand-in socket whose TCP_INFO says the last data came ``ms`` ago."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def getsockopt(self, *args: Any) -> bytes:
+        return bytes(8 + 11 * 4) + self.ms.to_bytes(4, sys.byteorder) + bytes(104 - 56)
+
+
+@needs_tcp_info
+def test_one_kernel_tick_is_taken_off_each_reading() -> None:
+    tick = jiffy_ms()
+    assert 1 <= tick <= 100
+    if sys.platform.startswith("linux"):     # the coarse clock's resolution: one tick
+        assert tick == math.ceil(time.clock_getres(6) * 1000.0 - 1e-9)
+    assert kernel_wait_s(_InfoSocket(tick)) == 0.0
+    assert kernel_wait_s(_InfoSocket(tick + 250)) == pytest.approx(0.25)
+
+
+def test_the_tick_is_10_ms_where_the_clock_cannot_say(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    def unavailable(clock: int) -> float:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(server.time, "clock_getres", unavailable)
+    server.jiffy_ms.cache_clear()
+    try:
+        assert jiffy_ms() == DEFAULT_JIFFY_MS == 10
+    finally:
+        server.jiffy_ms.cache_clear()
+
+
 @needs_tcp_info
 def test_kernel_wait_is_the_time_data_sat_unread_and_not_idle_time() -> None:
     with socket.create_server(("127.0.0.1", 0)) as srv:
@@ -151,7 +186,7 @@ def test_kernel_wait_is_the_time_data_sat_unread_and_not_idle_time() -> None:
             time.sleep(1.0)
             client.sendall(b"y")
             fresh = kernel_wait_s(conn)
-    assert waited >= 0.3 - (JIFFY_SLACK_MS + 10) / 1000.0
+    assert waited >= 0.3 - (jiffy_ms() + 10) / 1000.0
     assert fresh < 0.9
     assert kernel_wait_s(None) == 0.0 and kernel_wait_s(_Socket()) == 0.0
 
