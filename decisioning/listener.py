@@ -60,13 +60,6 @@ class AcceptAll:
         sock.listen(backlog)
         loop.add_reader(sock.fileno(), self._accept)
 
-    @property
-    def sockets(self) -> tuple[socket.socket, ...]:
-        return () if self._closed else (self._sock,)
-
-    def is_serving(self) -> bool:
-        return not self._closed
-
     def _accept(self) -> None:
         for _ in range(self._batch):
             try:
