@@ -41,6 +41,21 @@ import numpy as np
 
 
 @dataclass
+class Episode:
+    """Slow answers close together in a run (:meth:`LoadResult.slow_episodes`): the due
+    times of the first and the last, in seconds after the schedule's start."""
+
+    start_s: float
+    end_s: float
+    answers: int
+    worst_ms: float
+
+
+# Slow answers due this close together belong to one episode: at 1,000/s, 50 requests.
+EPISODE_GAP_S = 0.05
+
+
+@dataclass
 class LoadResult:
     rate: float
     duration_s: float
@@ -48,6 +63,9 @@ class LoadResult:
     errors: int = 0                          # connection errors and 5xx
     latencies_ms: list[float] = field(default_factory=list)
     status_each: list[int] = field(default_factory=list)   # each answer's status, in order
+    # Each answer's due time in seconds after the schedule's start (the same order as
+    # latencies_ms): when in the run the slow answers were (slow_episodes).
+    due_s: list[float] = field(default_factory=list)
     # How late each request left after its due time: the generator's own accuracy
     # (already inside its latency; a large value means the generator, not the server,
     # could not keep up).
@@ -79,6 +97,24 @@ class LoadResult:
         time: past an auction's ``tmax`` the exchange has already moved on."""
         return sum(1 for lat, st in zip(self.latencies_ms, self.status_each, strict=True)
                    if lat > ms and (status is None or st == status))
+
+    def slow_episodes(self, over_ms: float, gap_s: float = EPISODE_GAP_S) -> list[Episode]:
+        """The answers slower than ``over_ms``, grouped into episodes by due time: a slow
+        answer due within ``gap_s`` of the last one's joins its episode. One stall of the
+        server (or the machine) makes every request due during it and its backlog slow,
+        so the count of episodes and their size say whether a p99 comes from a few
+        stalls or from slowness throughout."""
+        slow = sorted((due, lat) for due, lat in zip(self.due_s, self.latencies_ms, strict=True)
+                      if lat > over_ms)
+        episodes: list[Episode] = []
+        for due, lat in slow:
+            last = episodes[-1] if episodes else None
+            if last is not None and due - last.end_s <= gap_s:
+                last.end_s, last.answers = due, last.answers + 1
+                last.worst_ms = max(last.worst_ms, lat)
+            else:
+                episodes.append(Episode(start_s=due, end_s=due, answers=1, worst_ms=lat))
+        return episodes
 
     def send_lag(self, q: float) -> float:
         return float(np.percentile(self.send_lag_ms, q)) if self.send_lag_ms else float("nan")
@@ -265,6 +301,7 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
                 continue
             status, _, close = parsed
             result.latencies_ms.append((t - conn.due) * 1000.0)
+            result.due_s.append(conn.due - start)
             result.status_each.append(status)
             if status >= 500:
                 result.errors += 1
@@ -322,4 +359,5 @@ def wait_until_healthy(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s}s")
 
 
-__all__ = ["WARM_CONNS", "LoadResult", "parse_response", "run_load", "wait_until_healthy"]
+__all__ = ["EPISODE_GAP_S", "WARM_CONNS", "Episode", "LoadResult", "parse_response", "run_load",
+           "wait_until_healthy"]

@@ -96,6 +96,7 @@ def _result(p50_ms: float) -> LoadResult:
     res = LoadResult(rate=1000.0, duration_s=0.1, sent=100)
     res.latencies_ms = [p50_ms] * 100
     res.status_each = [200] * 100
+    res.due_s = [i / res.rate for i in range(100)]
     return res
 
 

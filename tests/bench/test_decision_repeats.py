@@ -26,6 +26,7 @@ def _result(p99_ms: float, steal_pct: float | None = None) -> LoadResult:
     res = LoadResult(rate=1000.0, duration_s=0.1, sent=100)
     res.latencies_ms = [1.0] * 98 + [p99_ms] * 2
     res.status_each = [200] * 99 + [204]            # the slowest answer: a no-bid
+    res.due_s = [i / res.rate for i in range(100)]
     res.steal_pct = steal_pct
     return res
 
@@ -42,7 +43,8 @@ def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.Monkey
     monkeypatch.setattr(decision, "run_load", fake_run_load)
     cfg = decision.DecisionBenchConfig(level_repeats=3)
     first = Row(suite="decision", target="decision service", baseline="-", rate=1000.0,
-                p50_ms=1.0, p99_ms=3.5, throughput=1000.0, extra={"steal_pct": 0.5})
+                p50_ms=1.0, p99_ms=3.5, throughput=1000.0,
+                extra={"steal_pct": 0.5, "over_3ms": 7, "episodes_over_3ms": 3})
     server = _Server()
     rows = decision._repeats(8080, "decision service", [b"{}"], cfg, server,  # type: ignore[arg-type]
                              first)
@@ -54,6 +56,8 @@ def test_repeats_add_one_row_per_run_and_their_median(monkeypatch: pytest.Monkey
     assert rows[2].p99_ms == pytest.approx(3.5)             # median of 3.5, 5.0, 2.0
     assert rows[2].extra["p99_ms_each"] == "3.50 / 5.00 / 2.00"
     assert rows[2].extra["steal_pct_each"] == "0.5 / 12.0 / n/a"   # each run's machine
+    # The second run's two slow answers (5 ms, due 98 and 99 ms) are one episode.
+    assert rows[2].extra["over_3ms_in_episodes_each"] == "7 in 3 / 2 in 1 / 0 in 0"
 
 
 def test_rows_count_the_answers_after_tmax() -> None:
@@ -100,3 +104,16 @@ def test_ladder_without_retries_stops_at_the_first_miss(monkeypatch: pytest.Monk
     cfg = decision.DecisionBenchConfig(ladder=(250.0, 500.0), ladder_retries=0)
     rows, best = decision._ladder(8080, "d", [b"{}"], cfg, _Server())  # type: ignore[arg-type]
     assert best == 0.0 and len(rows) == 1
+
+
+def test_a_decision_row_counts_slow_answers_and_their_episodes() -> None:
+    cfg = decision.DecisionBenchConfig(tmax_ms=100.0)
+    res = _result(5.0)                       # answers 98 and 99 (due 98 and 99 ms) slow
+    res.latencies_ms[10] = 150.0             # a third, alone at 10 ms, past tmax
+    row = decision.decision_row("decision service", "-", res, cfg)
+    assert row.extra["over_3ms"] == 3 and row.extra["episodes_over_3ms"] == 2
+    assert row.extra["largest_episode"] == "2 answers due 0.10-0.10 s, up to 5.0 ms"
+    assert row.extra["answers_after_tmax"] == 1 and row.extra["bids_after_tmax"] == 1
+    quiet = decision.decision_row("decision service", "-", _result(2.0), cfg)
+    assert quiet.extra["over_3ms"] == 0 and quiet.extra["episodes_over_3ms"] == 0
+    assert quiet.extra["largest_episode"] == "-"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import _run, parse_response, run_load
+from bench.loadgen import LoadResult, _run, parse_response, run_load
 
 
 def test_parse_response_waits_for_the_whole_reply() -> None:
@@ -121,6 +121,41 @@ def test_every_scheduled_request_is_answered_and_timed() -> None:
     assert res.answered_after(0.0) == 50 and res.answered_after(0.0, 204) == 0
     assert len(res.send_lag_ms) == 50
     assert res.achieved_rps == pytest.approx(200.0)
+    # Each answer's due time on the schedule (request i at i / rate), in answer order:
+    # one at a time at 200/s, so in schedule order.
+    assert res.due_s == pytest.approx([i / 200.0 for i in range(50)])
+
+
+def _timed(answers: list[tuple[float, float]]) -> LoadResult:
+    """A result with answers given as (due_s, latency_ms), in any order."""
+    res = LoadResult(rate=1000.0, duration_s=1.0, sent=len(answers))
+    res.due_s = [d for d, _ in answers]
+    res.latencies_ms = [lat for _, lat in answers]
+    res.status_each = [200] * len(answers)
+    return res
+
+
+def test_slow_answers_group_into_episodes_by_due_time() -> None:
+    fast = [(i / 1000.0, 0.5) for i in range(1000)]
+    # A stall at 0.200 s: five slow answers 1 ms apart, answered out of order; a lone
+    # slow answer 40 ms after them joins (within 50 ms); one at 0.700 s starts another.
+    stall = [(0.204, 9.0), (0.200, 12.0), (0.203, 10.0), (0.201, 11.5), (0.202, 10.5),
+             (0.244, 4.0), (0.700, 3.5)]
+    res = _timed(stall + fast)
+    first, second = res.slow_episodes(3.0)
+    assert (first.start_s, first.end_s, first.answers, first.worst_ms) == (
+        0.200, 0.244, 6, 12.0)
+    assert (second.start_s, second.end_s, second.answers) == (0.700, 0.700, 1)
+    assert len(res.slow_episodes(3.0, gap_s=0.01)) == 3       # 40 ms apart: split
+    assert res.slow_episodes(20.0) == []                      # nothing that slow
+    assert len(res.slow_episodes(0.0)) == 1                    # every answer, 1 ms apart
+
+
+def test_due_times_must_match_the_answers() -> None:
+    res = _timed([(0.0, 5.0)])
+    res.due_s.append(0.001)
+    with pytest.raises(ValueError):
+        res.slow_episodes(3.0)
 
 
 def test_server_errors_are_counted() -> None:

@@ -36,6 +36,7 @@ def _result(slowest_ms: float, errors: int) -> LoadResult:
     res = LoadResult(rate=2000.0, duration_s=0.1, sent=100, errors=errors)
     res.latencies_ms = [1.0] * 98 + [slowest_ms] * 2
     res.status_each = [200] * 98 + [204, 204]
+    res.due_s = [i / res.rate for i in range(100)]
     return res
 
 
