@@ -335,14 +335,18 @@ def serve_naive(home: str, port: int, campaigns: str) -> None:
 def decision_row(target: str, baseline: str, res: LoadResult, cfg: DecisionBenchConfig,
                  **extra: float | str) -> Row:
     """A load row with the answers that came after the requests' tmax: bids (which the
-    exchange discards, their budget reserved for nothing) and all; and the answers
-    slower than the level goal's p99 (:data:`SLOW_MS`), with the stall episodes they
-    fall into and the largest of them (:meth:`LoadResult.slow_episodes`)."""
+    exchange discards, their budget reserved for nothing) and all, and the bids that
+    came after tmax counted from when their request left the generator (its own late
+    sending excluded); and the answers slower than the level goal's p99
+    (:data:`SLOW_MS`), with the stall episodes they fall into and the largest of them
+    (:meth:`LoadResult.slow_episodes`)."""
     episodes = res.slow_episodes(SLOW_MS)
     largest = max(episodes, key=lambda e: e.answers, default=None)
     return load_row("decision", target, baseline, res,
                     bids_after_tmax=res.answered_after(cfg.tmax_ms, 200),
                     answers_after_tmax=res.answered_after(cfg.tmax_ms),
+                    bids_after_tmax_from_send=res.answered_after(cfg.tmax_ms, 200,
+                                                                 from_send=True),
                     over_3ms=sum(e.answers for e in episodes),
                     episodes_over_3ms=len(episodes),
                     largest_episode="-" if largest is None else (

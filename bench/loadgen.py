@@ -66,6 +66,10 @@ class LoadResult:
     # Each answer's due time in seconds after the schedule's start (the same order as
     # latencies_ms): when in the run the slow answers were (slow_episodes).
     due_s: list[float] = field(default_factory=list)
+    # Each answer's milliseconds from the moment its request actually left (its latency
+    # less the generator's own lateness in sending it; after a retry, from the retry):
+    # what the server and the network took, even when the generator itself was late.
+    from_send_ms: list[float] = field(default_factory=list)
     # How late each request left after its due time: the generator's own accuracy
     # (already inside its latency; a large value means the generator, not the server,
     # could not keep up).
@@ -92,10 +96,15 @@ class LoadResult:
             counts[st] = counts.get(st, 0) + 1
         return counts
 
-    def answered_after(self, ms: float, status: int | None = None) -> int:
+    def answered_after(self, ms: float, status: int | None = None, *,
+                       from_send: bool = False) -> int:
         """Answers (with ``status``, or any) that came more than ``ms`` after their due
-        time: past an auction's ``tmax`` the exchange has already moved on."""
-        return sum(1 for lat, st in zip(self.latencies_ms, self.status_each, strict=True)
+        time: past an auction's ``tmax`` the exchange has already moved on. With
+        ``from_send``, more than ``ms`` after their request left instead: those the
+        generator's own late sending (a stall of the machine it shares) does not
+        explain."""
+        times = self.from_send_ms if from_send else self.latencies_ms
+        return sum(1 for lat, st in zip(times, self.status_each, strict=True)
                    if lat > ms and (status is None or st == status))
 
     def slow_episodes(self, over_ms: float, gap_s: float = EPISODE_GAP_S) -> list[Episode]:
@@ -130,7 +139,7 @@ WARM_CONNS = 8
 
 
 class _Conn:
-    __slots__ = ("sock", "buf", "index", "due", "reused", "retried")
+    __slots__ = ("sock", "buf", "index", "due", "sent", "reused", "retried")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -139,6 +148,7 @@ class _Conn:
         self.due = 0.0
         self.reused = False     # sent on a connection that sat idle in the pool before
         self.retried = False
+        self.sent = 0.0         # when the request in flight left (clock)
 
 
 def parse_response(buf: bytes) -> tuple[int, int, bool] | None:
@@ -229,8 +239,9 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
         else:
             conn.reused = True
         conn.index, conn.due, conn.retried, conn.buf = index, due, retried, b""
+        conn.sent = clock()
         if not retried:
-            result.send_lag_ms.append((clock() - due) * 1000.0)
+            result.send_lag_ms.append((conn.sent - due) * 1000.0)
         try:
             conn.sock.sendall(raws[index % len(raws)])   # one request: fits the buffer
         except OSError:
@@ -302,6 +313,7 @@ def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float
             status, _, close = parsed
             result.latencies_ms.append((t - conn.due) * 1000.0)
             result.due_s.append(conn.due - start)
+            result.from_send_ms.append((t - conn.sent) * 1000.0)
             result.status_each.append(status)
             if status >= 500:
                 result.errors += 1

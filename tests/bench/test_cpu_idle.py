@@ -97,6 +97,7 @@ def _result(p50_ms: float) -> LoadResult:
     res.latencies_ms = [p50_ms] * 100
     res.status_each = [200] * 100
     res.due_s = [i / res.rate for i in range(100)]
+    res.from_send_ms = list(res.latencies_ms)          # sent on time
     return res
 
 

@@ -27,6 +27,7 @@ def _result(p99_ms: float, steal_pct: float | None = None) -> LoadResult:
     res.latencies_ms = [1.0] * 98 + [p99_ms] * 2
     res.status_each = [200] * 99 + [204]            # the slowest answer: a no-bid
     res.due_s = [i / res.rate for i in range(100)]
+    res.from_send_ms = list(res.latencies_ms)          # sent on time
     res.steal_pct = steal_pct
     return res
 
@@ -109,11 +110,20 @@ def test_ladder_without_retries_stops_at_the_first_miss(monkeypatch: pytest.Monk
 def test_a_decision_row_counts_slow_answers_and_their_episodes() -> None:
     cfg = decision.DecisionBenchConfig(tmax_ms=100.0)
     res = _result(5.0)                       # answers 98 and 99 (due 98 and 99 ms) slow
-    res.latencies_ms[10] = 150.0             # a third, alone at 10 ms, past tmax
+    res.latencies_ms[10] = res.from_send_ms[10] = 150.0   # a third, alone at 10 ms, past tmax
     row = decision.decision_row("decision service", "-", res, cfg)
     assert row.extra["over_3ms"] == 3 and row.extra["episodes_over_3ms"] == 2
     assert row.extra["largest_episode"] == "2 answers due 0.10-0.10 s, up to 5.0 ms"
     assert row.extra["answers_after_tmax"] == 1 and row.extra["bids_after_tmax"] == 1
+    assert row.extra["bids_after_tmax_from_send"] == 1       # the server took 150 ms
     quiet = decision.decision_row("decision service", "-", _result(2.0), cfg)
     assert quiet.extra["over_3ms"] == 0 and quiet.extra["episodes_over_3ms"] == 0
     assert quiet.extra["largest_episode"] == "-"
+
+
+def test_a_bid_the_generator_sent_late_is_late_only_from_its_due_time() -> None:
+    cfg = decision.DecisionBenchConfig(tmax_ms=100.0)
+    res = _result(2.0)
+    res.latencies_ms[5], res.from_send_ms[5] = 150.0, 20.0    # left 130 ms after its due time
+    row = decision.decision_row("decision service", "-", res, cfg)
+    assert row.extra["bids_after_tmax"] == 1 and row.extra["bids_after_tmax_from_send"] == 0

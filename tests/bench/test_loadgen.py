@@ -124,6 +124,10 @@ def test_every_scheduled_request_is_answered_and_timed() -> None:
     # Each answer's due time on the schedule (request i at i / rate), in answer order:
     # one at a time at 200/s, so in schedule order.
     assert res.due_s == pytest.approx([i / 200.0 for i in range(50)])
+    # From the send: never longer than from the due time (a request leaves at or after
+    # its due time), one per answer.
+    assert len(res.from_send_ms) == 50
+    assert all(0 < s <= lat for s, lat in zip(res.from_send_ms, res.latencies_ms, strict=True))
 
 
 def _timed(answers: list[tuple[float, float]]) -> LoadResult:
@@ -149,6 +153,14 @@ def test_slow_answers_group_into_episodes_by_due_time() -> None:
     assert len(res.slow_episodes(3.0, gap_s=0.01)) == 3       # 40 ms apart: split
     assert res.slow_episodes(20.0) == []                      # nothing that slow
     assert len(res.slow_episodes(0.0)) == 1                    # every answer, 1 ms apart
+
+
+def test_answers_after_a_time_from_the_due_time_or_from_the_send() -> None:
+    res = _timed([(0.0, 150.0), (0.001, 150.0), (0.002, 5.0)])
+    res.from_send_ms = [150.0, 20.0, 5.0]          # the second left 130 ms late
+    res.status_each = [200, 200, 204]
+    assert res.answered_after(100.0) == 2 and res.answered_after(100.0, from_send=True) == 1
+    assert res.answered_after(100.0, 204) == 0 and res.answered_after(1.0, 204) == 1
 
 
 def test_due_times_must_match_the_answers() -> None:

@@ -37,6 +37,7 @@ def _result(slowest_ms: float, errors: int) -> LoadResult:
     res.latencies_ms = [1.0] * 98 + [slowest_ms] * 2
     res.status_each = [200] * 98 + [204, 204]
     res.due_s = [i / res.rate for i in range(100)]
+    res.from_send_ms = list(res.latencies_ms)          # sent on time
     return res
 
 
