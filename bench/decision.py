@@ -425,8 +425,8 @@ def _idle_policy_runs(qos: CpuLatencyRequest,
     with qos.paused():
         for key, (port, name, server, _) in servers.items():
             res = _level_run(port, bodies, cfg, server)
-            idle[key] = decision_row(f"{name}: level run, CPUs halting when idle", "-", res, cfg,
-                             cpu_latency_request="released")
+            idle[key] = decision_row(f"{name}: level run, CPUs halting when idle", "-", res,
+                                     cfg, cpu_latency_request="released")
     rows = list(idle.values())
     for key, (_, _, _, held) in servers.items():
         rows.append(with_ratios(replace(held, baseline=idle[key].target,
@@ -510,7 +510,7 @@ def run(settings: Settings, world: Settings, *,
             # than latency percentiles on a 2-core machine shared with the generator.
             cpu_ms = 1000.0 * (servers[key].cpu_s() - cpu0) / max(len(res.latencies_ms), 1)
             level[key] = decision_row(names[key], "-", res, cfg, settle_s=round(settled, 1),
-                              server_cpu_ms_per_answer=round(cpu_ms, 3))
+                                      server_cpu_ms_per_answer=round(cpu_ms, 3))
         rows += [level["trivial"], level["naive"], level["asgi"]]
         rows += _repeats(ports["decision"], names["decision"], bodies, cfg, s_decision,
                          level["decision"])
@@ -552,9 +552,10 @@ def _soak(world: Settings, campaigns: Path, bodies: list[bytes], cfg: DecisionBe
                        duration_s=cfg.soak_s)
     answers = len(warm.latencies_ms) + len(res.latencies_ms)
     records = _log_records(log_root)
-    return decision_row(f"decision service soak {cfg.soak_s:.0f} s", "-", res, cfg, answers=answers,
-                log_records=records, log_equals_answers=str(records == answers),
-                errors_total=res.errors + warm.errors)
+    return decision_row(f"decision service soak {cfg.soak_s:.0f} s", "-", res, cfg,
+                        answers=answers, log_records=records,
+                        log_equals_answers=str(records == answers),
+                        errors_total=res.errors + warm.errors)
 
 
 def main() -> None:
